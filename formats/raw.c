@@ -1,0 +1,221 @@
+/* fuse-disk-export: the raw backend.  The virtual disk is the file itself;
+ * holes, punching and allocation status come from the host file system. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "format.h"
+
+struct raw_disk {
+  struct fde_disk disk;         /* must come first */
+  int fd;
+  bool can_punch;               /* cleared once the file system says no */
+  bool can_zero_range;
+};
+
+#define to_raw(d) ((struct raw_disk *) (d))
+
+/* Raw is what is left when nothing else matches. */
+static int
+raw_probe(const uint8_t *buf, size_t len)
+{
+  return 1;
+}
+
+static int
+raw_size(const struct fde_open_params *p, uint64_t *size)
+{
+  struct stat st;
+
+  if (fstat(p->fd, &st) == -1)
+    return -errno;
+  if (S_ISREG(st.st_mode)) {
+    *size = (uint64_t) st.st_size;
+    return 0;
+  }
+  if (S_ISBLK(st.st_mode) && ioctl(p->fd, BLKGETSIZE64, size) == 0)
+    return 0;
+  return S_ISBLK(st.st_mode) ? -errno : -EINVAL;
+}
+
+static int
+raw_open(const struct fde_open_params *p, struct fde_disk **out)
+{
+  struct raw_disk *h;
+  uint64_t size;
+  int r = raw_size(p, &size);
+
+  if (r < 0) {
+    fde_error("%s: cannot find the size: %s", p->path, strerror(-r));
+    return r;
+  }
+  if (p->snapshot != NULL) {
+    fde_error("%s: raw images have no snapshots (--snapshot=%s)", p->path,
+              p->snapshot);
+    return -EINVAL;
+  }
+  h = calloc(1, sizeof *h);
+  if (h == NULL || (h->disk.path = strdup(p->path)) == NULL) {
+    free(h);
+    fde_error("%s: out of memory", p->path);
+    return -ENOMEM;
+  }
+  h->disk.format = &fde_format_raw;
+  h->disk.size = size;
+  h->disk.read_only = p->read_only;
+  h->fd = p->fd;
+  h->can_punch = h->can_zero_range = true;
+  *out = &h->disk;
+  return 0;
+}
+
+static int
+raw_pread(struct fde_disk *d, void *buf, size_t len, uint64_t off)
+{
+  return fde_pread_full(to_raw(d)->fd, buf, len, off);
+}
+
+static int
+raw_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
+{
+  return fde_pwrite_full(to_raw(d)->fd, buf, len, off);
+}
+
+/* Write zeros in bounded chunks: the fallback when fallocate cannot. */
+static int
+write_zeros(int fd, uint64_t off, uint64_t len)
+{
+  static const char zeros[65536];
+
+  while (len > 0) {
+    size_t n = len < sizeof zeros ? (size_t) len : sizeof zeros;
+    int r = fde_pwrite_full(fd, zeros, n, off);
+    if (r < 0)
+      return r;
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* Try one fallocate mode; on "not supported" remember it and say so. */
+static int
+try_fallocate(int fd, int mode, uint64_t off, uint64_t len, bool *can)
+{
+  if (!*can)
+    return -EOPNOTSUPP;
+  if (fallocate(fd, mode, (off_t) off, (off_t) len) == 0)
+    return 0;
+  if (errno == EOPNOTSUPP || errno == ENOSYS) {
+    *can = false;
+    return -EOPNOTSUPP;
+  }
+  return -errno;
+}
+
+static int
+raw_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+{
+  struct raw_disk *h = to_raw(d);
+  int r;
+
+  /* Punching frees space; ZERO_RANGE keeps it allocated.  Both guarantee
+   * zeros, so either serves either request. */
+  r = try_fallocate(h->fd, punch ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+                    : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                    off, len, punch ? &h->can_punch : &h->can_zero_range);
+  if (r != -EOPNOTSUPP)
+    return r;
+  r = try_fallocate(h->fd, punch ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
+                    : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                    off, len, punch ? &h->can_zero_range : &h->can_punch);
+  if (r != -EOPNOTSUPP)
+    return r;
+  return write_zeros(h->fd, off, len);
+}
+
+static int
+raw_flush(struct fde_disk *d)
+{
+  return fdatasync(to_raw(d)->fd) == 0 ? 0 : -errno;
+}
+
+/* SEEK_DATA/SEEK_HOLE on the image: where the host file system has no
+ * allocation the disk reads as zeros. */
+static int
+raw_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
+                 uint64_t *run, unsigned *status)
+{
+  int fd = to_raw(d)->fd;
+  off_t data = lseek(fd, (off_t) off, SEEK_DATA);
+  off_t end;
+
+  if (data == -1 && errno == ENXIO) {   /* only a hole up to EOF */
+    *run = len;
+    *status = FDE_BS_ZERO;
+    return 0;
+  }
+  if (data == -1) {                     /* no SEEK_DATA: all data */
+    *run = len;
+    *status = FDE_BS_DATA;
+    return 0;
+  }
+  if ((uint64_t) data > off) {
+    *run = (uint64_t) data - off < len ? (uint64_t) data - off : len;
+    *status = FDE_BS_ZERO;
+    return 0;
+  }
+  end = lseek(fd, (off_t) off, SEEK_HOLE);
+  if (end == -1 || (uint64_t) end <= off)
+    end = (off_t) (off + len);
+  *run = (uint64_t) end - off < len ? (uint64_t) end - off : len;
+  *status = FDE_BS_DATA;
+  return 0;
+}
+
+static uint64_t
+raw_allocated_bytes(struct fde_disk *d)
+{
+  struct stat st;
+
+  if (fstat(to_raw(d)->fd, &st) == -1)
+    return 0;
+  return (uint64_t) st.st_blocks * 512;
+}
+
+static void
+raw_describe(struct fde_disk *d, FILE *out)
+{
+}
+
+static void
+raw_close(struct fde_disk *d)
+{
+  struct raw_disk *h = to_raw(d);
+
+  close(h->fd);
+  free(h->disk.path);
+  free(h);
+}
+
+const struct fde_format fde_format_raw = {
+  .name            = "raw",
+  .probe           = raw_probe,
+  .open            = raw_open,
+  .pread           = raw_pread,
+  .pwrite          = raw_pwrite,
+  .zero            = raw_zero,
+  .flush           = raw_flush,
+  .block_status    = raw_block_status,
+  .allocated_bytes = raw_allocated_bytes,
+  .describe        = raw_describe,
+  .close           = raw_close,
+};

@@ -1,0 +1,393 @@
+/* fuse-disk-export: the FUSE low-level operations of a single-file
+ * filesystem whose root is the raw view of one image.  Every handler
+ * replies exactly once; backend errors (negative errno) are converted
+ * here and nowhere else. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define ATTR_TIMEOUT 1.0
+#define SECTOR 512
+
+static struct export *
+export_of(fuse_req_t req)
+{
+  return fuse_req_userdata(req);
+}
+
+static uint64_t
+min_u64(uint64_t a, uint64_t b)
+{
+  return a < b ? a : b;
+}
+
+static void
+fill_stat(struct export *exp, struct stat *st)
+{
+  struct fde_disk *d = exp->disk;
+
+  memset(st, 0, sizeof *st);
+  st->st_ino = FUSE_ROOT_ID;
+  st->st_nlink = 1;
+  st->st_size = (off_t) d->size;
+  st->st_blksize = 4096;
+  st->st_blocks = (blkcnt_t) (d->format->allocated_bytes(d) / 512);
+  pthread_mutex_lock(&exp->attr_lock);
+  st->st_mode = S_IFREG | exp->mode;
+  st->st_uid = exp->image_st.st_uid;
+  st->st_gid = exp->image_st.st_gid;
+  st->st_atim = exp->image_st.st_atim;
+  st->st_mtim = exp->image_st.st_mtim;
+  st->st_ctim = exp->image_st.st_ctim;
+  pthread_mutex_unlock(&exp->attr_lock);
+}
+
+/** The kernel's FUSE_INIT: negotiate, then tell export_wait_live. */
+static void
+fde_init(void *userdata, struct fuse_conn_info *conn)
+{
+  struct export *exp = userdata;
+
+  conn->max_write = 1u << 20;
+  conn->max_read = 1u << 20;    /* must equal the max_read mount option */
+  conn->max_readahead = 1u << 20;
+  pthread_mutex_lock(&exp->init_lock);
+  exp->init_done = true;
+  pthread_cond_broadcast(&exp->init_cond);
+  pthread_mutex_unlock(&exp->init_lock);
+}
+
+/** The root is a file: there is nothing to look up. */
+static void
+fde_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  fuse_reply_err(req, ENOTDIR);
+}
+
+/** Size = virtual size; blocks = host allocation; the image's owner. */
+static void
+fde_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct stat st;
+
+  fill_stat(export_of(req), &st);
+  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+/* Apply chmod/chown/utimens in memory; 0 or an errno. */
+static int
+apply_attrs(fuse_req_t req, struct export *exp, struct stat *attr, int to_set)
+{
+  if ((to_set & FUSE_SET_ATTR_MODE) && exp->disk->read_only
+      && (attr->st_mode & 0222))
+    return EROFS;
+  if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))
+      && fuse_req_ctx(req)->uid != 0)
+    return EPERM;
+  pthread_mutex_lock(&exp->attr_lock);
+  if (to_set & FUSE_SET_ATTR_MODE)
+    exp->mode = attr->st_mode & 07777;
+  if (to_set & FUSE_SET_ATTR_UID)
+    exp->image_st.st_uid = attr->st_uid;
+  if (to_set & FUSE_SET_ATTR_GID)
+    exp->image_st.st_gid = attr->st_gid;
+  if (to_set & FUSE_SET_ATTR_ATIME)
+    exp->image_st.st_atim = attr->st_atim;
+  if (to_set & FUSE_SET_ATTR_MTIME)
+    exp->image_st.st_mtim = attr->st_mtim;
+  if (to_set & (FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW)) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+      exp->image_st.st_atim = now;
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+      exp->image_st.st_mtim = now;
+  }
+  pthread_mutex_unlock(&exp->attr_lock);
+  return 0;
+}
+
+/** The disk has a fixed size: truncating to any other size is refused. */
+static void
+fde_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+            struct fuse_file_info *fi)
+{
+  struct export *exp = export_of(req);
+  struct stat st;
+  int err = 0;
+
+  if ((to_set & FUSE_SET_ATTR_SIZE)
+      && (uint64_t) attr->st_size != exp->disk->size)
+    err = exp->disk->read_only ? EROFS : EPERM;
+  if (err == 0)
+    err = apply_attrs(req, exp, attr, to_set);
+  if (err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fill_stat(exp, &st);
+  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+/** Writing is refused on a read-only export.  O_TRUNC is ignored, as a
+ * block device ignores it: the disk keeps its size and contents. */
+static void
+fde_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct export *exp = export_of(req);
+
+  if ((fi->flags & O_ACCMODE) != O_RDONLY && exp->disk->read_only) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  fuse_reply_open(req, fi);
+}
+
+/** Read from the backend; short at the end of the disk. */
+static void
+fde_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+         struct fuse_file_info *fi)
+{
+  struct fde_disk *d = export_of(req)->disk;
+  char *buf;
+  int r;
+
+  if (off < 0 || (uint64_t) off >= d->size) {
+    fuse_reply_buf(req, NULL, 0);
+    return;
+  }
+  size = (size_t) min_u64(size, d->size - (uint64_t) off);
+  buf = malloc(size);
+  if (buf == NULL) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  r = d->format->pread(d, buf, size, (uint64_t) off);
+  if (r < 0)
+    fuse_reply_err(req, -r);
+  else
+    fuse_reply_buf(req, buf, size);
+  free(buf);
+}
+
+/* QEMU's rule for probed raw disks: the guest may not turn its disk into
+ * an image header.  Would writing buf (NULL: zeros) at off make sector 0
+ * look like another format?  Called with sector0_lock held. */
+static int
+sector0_guard(struct export *exp, const void *buf, size_t len, uint64_t off)
+{
+  uint8_t sector[SECTOR];
+  size_t n = (size_t) min_u64(SECTOR, exp->disk->size);
+  size_t end = (size_t) min_u64(n, off + len);
+  int r;
+
+  r = exp->disk->format->pread(exp->disk, sector, n, 0);
+  if (r < 0)
+    return r;
+  if (buf != NULL)
+    memcpy(sector + off, buf, end - off);
+  else
+    memset(sector + off, 0, end - off);
+  if (probe_sector0_is_image(sector, n)) {
+    fde_warn("%s: refused a write that would make sector 0 look like a "
+             "disk image header (use -f raw to allow it)", exp->image);
+    return -EPERM;
+  }
+  return 0;
+}
+
+/* Write or zero [off, off+len), applying the sector-0 guard. */
+static int
+guarded_update(struct export *exp, const void *buf, uint64_t len,
+               uint64_t off, bool punch)
+{
+  struct fde_disk *d = exp->disk;
+  bool guard = exp->format_probed_raw && off < SECTOR;
+  int r = 0;
+
+  if (guard) {
+    pthread_mutex_lock(&exp->sector0_lock);
+    r = sector0_guard(exp, buf, (size_t) min_u64(len, SECTOR), off);
+  }
+  if (r == 0 && buf != NULL)
+    r = d->format->pwrite(d, buf, (size_t) len, off);
+  else if (r == 0)
+    r = d->format->zero(d, off, len, punch);
+  if (guard)
+    pthread_mutex_unlock(&exp->sector0_lock);
+  return r;
+}
+
+/** Write; a write starting at or past the end gets ENOSPC, as on a disk. */
+static void
+fde_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+          off_t off, struct fuse_file_info *fi)
+{
+  struct export *exp = export_of(req);
+  uint64_t disk_size = exp->disk->size;
+  int r;
+
+  if (exp->disk->read_only) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  if (off < 0 || (uint64_t) off >= disk_size) {
+    fuse_reply_err(req, size == 0 ? 0 : ENOSPC);
+    return;
+  }
+  size = (size_t) min_u64(size, disk_size - (uint64_t) off);
+  r = guarded_update(exp, buf, size, (uint64_t) off, false);
+  if (r < 0)
+    fuse_reply_err(req, -r);
+  else
+    fuse_reply_write(req, size);
+}
+
+static int
+flush_disk(struct export *exp)
+{
+  if (exp->disk->read_only)
+    return 0;
+  return exp->disk->format->flush(exp->disk);
+}
+
+/** close(): make the writes durable before the last close returns. */
+static void
+fde_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  fuse_reply_err(req, -flush_disk(export_of(req)));
+}
+
+/** fsync/fdatasync: everything acknowledged reaches stable storage. */
+static void
+fde_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+          struct fuse_file_info *fi)
+{
+  fuse_reply_err(req, -flush_disk(export_of(req)));
+}
+
+/** PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE: the range reads back as zeros. */
+static void
+fde_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
+              off_t length, struct fuse_file_info *fi)
+{
+  struct export *exp = export_of(req);
+  uint64_t size = exp->disk->size;
+  bool punch = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+  bool zero = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
+  int r;
+
+  if (!punch && !zero) {
+    fuse_reply_err(req, EOPNOTSUPP);
+    return;
+  }
+  if (exp->disk->read_only) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  if (off < 0 || length <= 0) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  if ((uint64_t) off >= size) {
+    fuse_reply_err(req, 0);
+    return;
+  }
+  r = guarded_update(exp, NULL, min_u64((uint64_t) length,
+                                        size - (uint64_t) off),
+                     (uint64_t) off, punch);
+  fuse_reply_err(req, -r);
+}
+
+/* Is the run at off a hole (reads as zeros, nothing allocated)?  Stores
+ * the run length.  0 or -errno. */
+static int
+hole_run(struct fde_disk *d, uint64_t off, bool *hole, uint64_t *run)
+{
+  unsigned status;
+  int r = d->format->block_status(d, off, d->size - off, run, &status);
+
+  if (r < 0)
+    return r;
+  if (*run == 0)
+    *run = d->size - off;       /* a backend must advance; never loop */
+  *hole = (status & FDE_BS_ZERO) || !(status & FDE_BS_DATA);
+  return 0;
+}
+
+/** SEEK_DATA and SEEK_HOLE from the backend's allocation status. */
+static void
+fde_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+          struct fuse_file_info *fi)
+{
+  struct fde_disk *d = export_of(req)->disk;
+  uint64_t pos = (uint64_t) off, run;
+  bool hole;
+
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  if (off < 0 || pos >= d->size) {
+    fuse_reply_err(req, ENXIO);
+    return;
+  }
+  while (pos < d->size) {
+    int r = hole_run(d, pos, &hole, &run);
+    if (r < 0) {
+      fuse_reply_err(req, -r);
+      return;
+    }
+    if (hole == (whence == SEEK_HOLE)) {
+      fuse_reply_lseek(req, (off_t) pos);
+      return;
+    }
+    pos += run;
+  }
+  if (whence == SEEK_HOLE)
+    fuse_reply_lseek(req, (off_t) d->size);
+  else
+    fuse_reply_err(req, ENXIO);
+}
+
+/** df on the view: the disk's size, used = allocated. */
+static void
+fde_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+  struct fde_disk *d = export_of(req)->disk;
+  uint64_t used = d->format->allocated_bytes(d);
+  struct statvfs sv;
+
+  memset(&sv, 0, sizeof sv);
+  sv.f_bsize = 4096;
+  sv.f_frsize = 512;
+  sv.f_blocks = d->size / 512;
+  sv.f_bfree = sv.f_bavail = used < d->size ? (d->size - used) / 512 : 0;
+  sv.f_files = 1;
+  sv.f_namemax = 255;
+  fuse_reply_statfs(req, &sv);
+}
+
+const struct fuse_lowlevel_ops fde_fuse_ops = {
+  .init      = fde_init,
+  .lookup    = fde_lookup,
+  .getattr   = fde_getattr,
+  .setattr   = fde_setattr,
+  .open      = fde_open,
+  .read      = fde_read,
+  .write     = fde_write,
+  .flush     = fde_flush,
+  .fsync     = fde_fsync,
+  .fallocate = fde_fallocate,
+  .lseek     = fde_lseek,
+  .statfs    = fde_statfs,
+};
+const size_t fde_fuse_ops_size = sizeof fde_fuse_ops;

@@ -1,0 +1,72 @@
+/* fuse-disk-export: messages.  One line each, to stderr while in the
+ * foreground and to syslog once daemonized. */
+#include <config.h>
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <syslog.h>
+
+#include "internal.h"
+
+static bool use_syslog;
+static int verbosity;
+
+void
+log_to_syslog(void)
+{
+  openlog("fuse-disk-export", LOG_PID, LOG_DAEMON);
+  use_syslog = true;
+}
+
+void
+log_set_verbosity(int verbose)
+{
+  verbosity = verbose;
+}
+
+static void
+vlog(int priority, const char *prefix, const char *fmt, va_list ap)
+{
+  if (use_syslog) {
+    vsyslog(priority, fmt, ap);
+    return;
+  }
+  flockfile(stderr);
+  fprintf(stderr, "fuse-disk-export: %s", prefix);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  funlockfile(stderr);
+}
+
+#define DEFINE_LOG(fn, priority, prefix, min_verbosity)         \
+  void                                                          \
+  fn(const char *fmt, ...)                                      \
+  {                                                             \
+    va_list ap;                                                 \
+    if (verbosity < (min_verbosity))                            \
+      return;                                                   \
+    va_start(ap, fmt);                                          \
+    vlog(priority, prefix, fmt, ap);                            \
+    va_end(ap);                                                 \
+  }
+
+DEFINE_LOG(fde_error, LOG_ERR, "", -1)
+DEFINE_LOG(fde_warn, LOG_WARNING, "warning: ", 0)
+DEFINE_LOG(fde_info, LOG_INFO, "", 0)
+DEFINE_LOG(fde_debug, LOG_DEBUG, "", 1)
+
+/* Status lines for the user (the "export is live" line): stdout in the
+ * foreground, suppressed by -q. */
+void
+log_message(const char *fmt, ...)
+{
+  va_list ap;
+
+  if (verbosity < 0 || use_syslog)
+    return;
+  va_start(ap, fmt);
+  vprintf(fmt, ap);
+  va_end(ap);
+  putchar('\n');
+  fflush(stdout);
+}

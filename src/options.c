@@ -1,0 +1,186 @@
+/* fuse-disk-export: the command line (GNU getopt_long conventions). */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+enum {
+  ALLOW_OTHER_OPTION = CHAR_MAX + 1,
+  SNAPSHOT_OPTION,
+  CACHE_SIZE_OPTION,
+  ALLOW_BDEV_OPTION,
+  SHORT_OPTIONS_OPTION,
+  LONG_OPTIONS_OPTION,
+};
+
+static const char short_options[] = "dp:f:rm:nqvhV";
+static const struct option long_options[] = {
+  { "daemonize",     no_argument,       NULL, 'd' },
+  { "pid-file",      required_argument, NULL, 'p' },
+  { "format",        required_argument, NULL, 'f' },
+  { "read-only",     no_argument,       NULL, 'r' },
+  { "allow-other",   required_argument, NULL, ALLOW_OTHER_OPTION },
+  { "mountpoint",    required_argument, NULL, 'm' },
+  { "probe",         no_argument,       NULL, 'n' },
+  { "snapshot",      required_argument, NULL, SNAPSHOT_OPTION },
+  { "cache-size",    required_argument, NULL, CACHE_SIZE_OPTION },
+  { "allow-block-device-backing", no_argument, NULL, ALLOW_BDEV_OPTION },
+  { "quiet",         no_argument,       NULL, 'q' },
+  { "verbose",       no_argument,       NULL, 'v' },
+  { "help",          no_argument,       NULL, 'h' },
+  { "version",       no_argument,       NULL, 'V' },
+  { "short-options", no_argument,       NULL, SHORT_OPTIONS_OPTION },
+  { "long-options",  no_argument,       NULL, LONG_OPTIONS_OPTION },
+  { NULL, 0, NULL, 0 }
+};
+
+static void
+usage(void)
+{
+  printf("Usage: fuse-disk-export [OPTION]... IMAGE...\n"
+"Show each disk IMAGE (raw or qcow2) as a raw disk on its own path until\n"
+"interrupted; then the path shows the image file again.\n"
+"\n"
+"  -d, --daemonize          run in the background once every export is live\n"
+"  -p, --pid-file=FILE      write the daemon's pid to FILE once live\n"
+"  -f, --format=FMT         image format: raw or qcow2 (default: probe)\n"
+"  -r, --read-only          refuse writes; never change the image\n"
+"      --allow-other=WHEN   let other users open the view: auto (default),\n"
+"                           on or off\n"
+"  -m, --mountpoint=FILE    show the view on FILE (an existing regular file)\n"
+"                           instead of on the image; one image only\n"
+"  -n, --probe              print what would be exported, then exit\n"
+"      --snapshot=NAME|ID   export a qcow2 internal snapshot (read-only)\n"
+"      --cache-size=BYTES   qcow2 metadata cache budget per image (K, M, G)\n"
+"      --allow-block-device-backing\n"
+"                           accept block devices as backing files\n"
+"  -q, --quiet              print nothing but errors\n"
+"  -v, --verbose            print what is found and done\n"
+"  -h, --help               show this help and exit\n"
+"  -V, --version            show the version and exit\n"
+"\n"
+"Send SIGINT (^C), SIGTERM or SIGHUP to flush, unmount and exit.\n"
+"Exit status: 0 success, 1 failure, 2 usage error, 3 image refused,\n"
+"4 path already exported or a dead mount on it.  See fuse-disk-export(1).\n");
+}
+
+static int
+usage_error(const char *msg, const char *arg)
+{
+  if (msg != NULL)
+    fprintf(stderr, "fuse-disk-export: %s%s%s\n", msg, arg ? ": " : "",
+            arg ? arg : "");
+  fprintf(stderr, "Try 'fuse-disk-export --help' for more information.\n");
+  return -1;
+}
+
+/* Parse "64M"-style sizes. */
+static int
+parse_size(const char *s, uint64_t *out)
+{
+  char *end;
+  uint64_t v, mult = 1;
+
+  errno = 0;
+  if (*s == '-' || *s == '\0')
+    return -1;
+  v = strtoull(s, &end, 10);
+  if (errno != 0 || end == s)
+    return -1;
+  switch (*end) {
+  case 'k': case 'K': mult = 1ULL << 10; end++; break;
+  case 'm': case 'M': mult = 1ULL << 20; end++; break;
+  case 'g': case 'G': mult = 1ULL << 30; end++; break;
+  case '\0': break;
+  default: return -1;
+  }
+  if (*end != '\0' || v > UINT64_MAX / mult)
+    return -1;
+  *out = v * mult;
+  return 0;
+}
+
+static void
+print_long_options(void)
+{
+  for (const struct option *o = long_options; o->name != NULL; o++)
+    if (o->val != SHORT_OPTIONS_OPTION && o->val != LONG_OPTIONS_OPTION)
+      printf("--%s\n", o->name);
+}
+
+static void
+print_short_options(void)
+{
+  for (const char *p = short_options; *p != '\0'; p++)
+    if (*p != ':')
+      printf("-%c\n", *p);
+}
+
+/* Apply one option; -1 on a usage error, 1 to exit 0 at once. */
+static int
+apply_option(int c, struct options *o)
+{
+  switch (c) {
+  case 'd': o->daemonize = true; break;
+  case 'p': o->pid_file = optarg; break;
+  case 'f':
+    if (strcmp(optarg, "raw") != 0 && strcmp(optarg, "qcow2") != 0)
+      return usage_error("unknown format (raw or qcow2)", optarg);
+    o->format = optarg;
+    break;
+  case 'r': o->read_only = true; break;
+  case ALLOW_OTHER_OPTION:
+    if (strcmp(optarg, "auto") == 0) o->allow_other = ALLOW_OTHER_AUTO;
+    else if (strcmp(optarg, "on") == 0) o->allow_other = ALLOW_OTHER_ON;
+    else if (strcmp(optarg, "off") == 0) o->allow_other = ALLOW_OTHER_OFF;
+    else return usage_error("--allow-other takes auto, on or off", optarg);
+    break;
+  case 'm': o->mountpoint = optarg; break;
+  case 'n': o->probe_only = true; break;
+  case SNAPSHOT_OPTION: o->snapshot = optarg; o->read_only = true; break;
+  case CACHE_SIZE_OPTION:
+    if (parse_size(optarg, &o->cache_bytes) == -1)
+      return usage_error("invalid --cache-size", optarg);
+    break;
+  case ALLOW_BDEV_OPTION: o->allow_bdev_backing = true; break;
+  case 'q': o->verbose = -1; break;
+  case 'v': if (o->verbose >= 0) o->verbose++; break;
+  case 'h': usage(); return 1;
+  case 'V': printf("fuse-disk-export %s\n", PACKAGE_VERSION); return 1;
+  case SHORT_OPTIONS_OPTION: print_short_options(); return 1;
+  case LONG_OPTIONS_OPTION: print_long_options(); return 1;
+  default: return usage_error(NULL, NULL);
+  }
+  return 0;
+}
+
+/* Fill opts from argv.  Returns 0 to go on, 1 to exit 0 (--help), -1 on a
+ * usage error (already reported). */
+int
+parse_options(int argc, char **argv, struct options *opts)
+{
+  int c, r;
+
+  memset(opts, 0, sizeof *opts);
+  opts->allow_other = ALLOW_OTHER_AUTO;
+  while ((c = getopt_long(argc, argv, short_options, long_options,
+                          NULL)) != -1)
+    if ((r = apply_option(c, opts)) != 0)
+      return r;
+  opts->images = argv + optind;
+  opts->nr_images = argc - optind;
+  if (opts->nr_images == 0)
+    return usage_error("no image given", NULL);
+  if (opts->mountpoint != NULL && opts->nr_images != 1)
+    return usage_error("--mountpoint works with one image only", NULL);
+  if (opts->probe_only && (opts->daemonize || opts->pid_file != NULL))
+    return usage_error("--probe does not mount: drop -d and -p", NULL);
+  return 0;
+}
