@@ -128,6 +128,11 @@ int fde_pread_full(int fd, void *buf, size_t len, uint64_t off);
 /* pwrite() that retries short writes and EINTR; 0 or -errno. */
 int fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
+/* formats/lock.c: take QEMU's image locks (shared OFD locks on bytes
+ * 100-103 and 200-203) for a reader or a writer; -EBUSY, with a message,
+ * when QEMU or another export holds a conflicting lock. */
+int fde_lock_image(int fd, const char *path, bool writable);
+
 /* Logging (src/log.c, or a stub in the fuzzers): one line each, printf
  * style, to stderr in the foreground and to syslog once daemonized. */
 void fde_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -77,7 +77,8 @@ fde_disk_open(const struct fde_format *format,
 {
   int r = chain_record(params);
 
-  if (r < 0)
+  if (r < 0 || (r = fde_lock_image(params->fd, params->path,
+                                   !params->read_only)) < 0)
     return r;
   if (format == NULL) {
     uint8_t buf[512];

@@ -127,6 +127,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   int fd = -1, r;
 
   memset(exp, 0, sizeof *exp);
+  exp->view_lock_fd = -1;
   exp->opts = opts;
   exp->image = image;
   pthread_mutex_init(&exp->sector0_lock, NULL);
@@ -330,6 +331,30 @@ export_wait_live(struct export *exp)
   return 0;
 }
 
+/* A program that opens the image's path while it is exported reaches the
+ * view, not the file underneath, so the image locks must be visible on the
+ * view too: hold them on a descriptor of the view (the kernel keeps FUSE
+ * locks itself).  Then QEMU refuses to open the exported image for writing
+ * as it would for an image in use.  The loop is running: opening our own
+ * mount point from this thread is served by the workers. */
+int
+export_lock_view(struct export *exp)
+{
+  int fd = open(exp->mountpoint, O_RDONLY | O_CLOEXEC);
+
+  if (fd == -1) {
+    fde_error("%s: cannot open the view: %s", exp->mountpoint,
+              strerror(errno));
+    return -1;
+  }
+  if (fde_lock_image(fd, exp->image, !exp->disk->read_only) < 0) {
+    close(fd);
+    return -1;
+  }
+  exp->view_lock_fd = fd;
+  return 0;
+}
+
 /* Unmount the view; the kernel then ends the connection and the loop.  If
  * the view is still in use (a loop device, an open file), detach it lazily:
  * the loop keeps serving those users until they close it. */
@@ -338,6 +363,10 @@ export_unmount(struct export *exp)
 {
   int r;
 
+  if (exp->view_lock_fd != -1) {
+    close(exp->view_lock_fd);   /* or the unmount would find it busy */
+    exp->view_lock_fd = -1;
+  }
   if (!exp->mounted)
     return;
   r = unmount_path(exp->mountpoint, false);

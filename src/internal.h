@@ -70,6 +70,7 @@ struct export {
   bool loop_running;            /* the loop has not returned yet */
   bool mounted;
   bool unmount_failed;
+  int view_lock_fd;             /* the view, open to hold QEMU's locks, or -1 */
   bool init_done;               /* the kernel's FUSE_INIT was answered */
   pthread_mutex_t init_lock;
   pthread_cond_t init_cond;
@@ -80,6 +81,7 @@ int export_open(struct export *exp, const struct options *opts,
                 const char *image);
 int export_mount(struct export *exp);
 int export_wait_live(struct export *exp);
+int export_lock_view(struct export *exp);
 int export_start_loop(struct export *exp);
 void export_unmount(struct export *exp);
 void export_join(struct export *exp);

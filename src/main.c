@@ -79,7 +79,8 @@ mount_all(struct export *exps, int n)
       export_describe(&exps[i], stderr);
     }
     if (export_mount(&exps[i]) == -1 || export_start_loop(&exps[i]) == -1
-        || export_wait_live(&exps[i]) == -1)
+        || export_wait_live(&exps[i]) == -1
+        || export_lock_view(&exps[i]) == -1)
       return -1;
   }
   return 0;
