@@ -262,6 +262,7 @@ export_mount(struct export *exp)
   if (mount_options(exp, opts, sizeof opts) == -1)
     return -1;
   exp->se = fuse_session_new(&args, &fde_fuse_ops, fde_fuse_ops_size, exp);
+  fuse_opt_free_args(&args);
   if (exp->se == NULL) {
     fde_error("%s: cannot create the FUSE session", exp->image);
     return -1;
