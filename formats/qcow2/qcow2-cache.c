@@ -36,6 +36,7 @@ struct slot {
   uint64_t *table;              /* big endian, as on disk */
   unsigned refs;
   uint64_t last_use;
+  bool dirty;                   /* changed in memory; holds one pin */
 };
 
 struct shard {
@@ -47,6 +48,8 @@ struct shard {
 
 struct qcow2_l2_cache {
   uint32_t table_bytes;
+  unsigned capacity;            /* slots in all shards */
+  atomic_uint nr_dirty;
   unsigned nr_shards;
   struct shard shards[];
 };
@@ -80,6 +83,7 @@ qcow2_l2_cache_new(uint32_t table_bytes, uint64_t budget)
   if (c == NULL)
     return NULL;
   c->table_bytes = table_bytes;
+  c->capacity = (unsigned) entries;
   c->nr_shards = nr_shards;
   for (unsigned i = 0; i < nr_shards; i++) {
     struct shard *s = &c->shards[i];
@@ -243,4 +247,102 @@ qcow2_l2_put(struct qcow2_disk *q, struct qcow2_l2_ref *ref)
   pthread_mutex_lock(&s->lock);
   e->refs--;
   pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- Updates (the writer holds q->alloc_lock) ----------------------------
+ *
+ * A table the writer changes stays in the cache, pinned, until flush has
+ * written it: readers always find the newest version there, and nothing
+ * evicts it unwritten. */
+
+/* Pin the table at l2_offset in a cache slot (never a private copy, which
+ * updates would miss).  -EAGAIN when every slot of its shard is pinned:
+ * the caller flushes (unpinning dirty tables) and tries again. */
+int
+qcow2_l2_get_for_update(struct qcow2_disk *q, uint64_t l2_offset,
+                        struct qcow2_l2_ref *ref)
+{
+  int r = qcow2_l2_get(q, l2_offset, ref);
+
+  if (r == 0 && ref->slot == NULL) {
+    qcow2_l2_put(q, ref);
+    return -EAGAIN;
+  }
+  return r;
+}
+
+/* Put a new table (zeros, or a copy of another) at l2_offset, pinned. */
+int
+qcow2_l2_install(struct qcow2_disk *q, uint64_t l2_offset,
+                 const uint64_t *copy, struct qcow2_l2_ref *ref)
+{
+  struct shard *s = shard_of(q->l2_cache, q->cluster_bits, l2_offset);
+  uint64_t *table = malloc(q->cluster_size);
+
+  if (table == NULL)
+    return -ENOMEM;
+  if (copy != NULL)
+    memcpy(table, copy, q->cluster_size);
+  else
+    memset(table, 0, q->cluster_size);
+  insert(s, l2_offset, table, ref);
+  if (ref->slot == NULL) {
+    qcow2_l2_put(q, ref);
+    return -EAGAIN;
+  }
+  return 0;
+}
+
+/* The pinned table was changed: keep it until qcow2_l2_write_dirty. */
+void
+qcow2_l2_mark_dirty(struct qcow2_disk *q, struct qcow2_l2_ref *ref)
+{
+  struct slot *e = ref->slot;
+  struct shard *s = shard_of(q->l2_cache, q->cluster_bits, e->offset);
+
+  pthread_mutex_lock(&s->lock);
+  if (!e->dirty) {
+    e->dirty = true;
+    e->refs++;
+    atomic_fetch_add(&q->l2_cache->nr_dirty, 1);
+  }
+  pthread_mutex_unlock(&s->lock);
+}
+
+/* Write every dirty table to its place in the file and unpin it. */
+int
+qcow2_l2_write_dirty(struct qcow2_disk *q)
+{
+  struct qcow2_l2_cache *c = q->l2_cache;
+
+  for (unsigned i = 0; i < c->nr_shards; i++) {
+    struct shard *s = &c->shards[i];
+    for (unsigned j = 0; j < s->nr_slots; j++) {
+      struct slot *e = &s->slots[j];
+      int r;
+      if (!e->dirty)            /* only the writer sets it: no race */
+        continue;
+      r = fde_pwrite_full(q->fd, e->table, q->cluster_size, e->offset);
+      if (r < 0)
+        return r;
+      pthread_mutex_lock(&s->lock);
+      e->dirty = false;
+      e->refs--;
+      pthread_mutex_unlock(&s->lock);
+      atomic_fetch_sub(&c->nr_dirty, 1);
+    }
+  }
+  return 0;
+}
+
+unsigned
+qcow2_l2_dirty_count(struct qcow2_disk *q)
+{
+  return atomic_load(&q->l2_cache->nr_dirty);
+}
+
+unsigned
+qcow2_l2_capacity(struct qcow2_disk *q)
+{
+  return q->l2_cache->capacity;
 }

@@ -257,16 +257,27 @@ zstd_cluster(struct zworker *w, size_t in_len, size_t out_len,
 }
 
 /* Split a compressed descriptor into host offset and length (from the
- * offset to the end of the sector holding the last byte) and check them. */
-static int
-parse_descriptor(struct qcow2_disk *q, uint64_t desc, uint64_t *coffset,
-                 size_t *csize)
+ * offset to the end of the sector holding the last byte). */
+void
+qcow2_compressed_span(const struct qcow2_disk *q, uint64_t desc,
+                      uint64_t *coffset, uint64_t *csize)
 {
   unsigned x = 62 - (q->cluster_bits - 8);
   uint64_t nsec = (desc >> x) & ((1ull << (q->cluster_bits - 8)) - 1);
 
   *coffset = desc & ((1ull << x) - 1);
   *csize = (nsec + 1) * 512 - (*coffset & 511);    /* <= 2 clusters */
+}
+
+/* The same, checked (trap 19). */
+static int
+parse_descriptor(struct qcow2_disk *q, uint64_t desc, uint64_t *coffset,
+                 size_t *csize)
+{
+  uint64_t len;
+
+  qcow2_compressed_span(q, desc, coffset, &len);
+  *csize = (size_t) len;
   if (*coffset > QCOW2_MAX_HOST_OFFSET || *coffset < q->cluster_size) {
     qcow2_corruption(q, "compressed cluster offset %#" PRIx64 " is invalid",
                      *coffset);

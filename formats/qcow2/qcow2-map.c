@@ -138,6 +138,9 @@ map_in_table(struct qcow2_disk *q, const uint64_t *table, uint64_t off,
   return 0;
 }
 
+static int map_locked(struct qcow2_disk *q, uint64_t l1_index, uint64_t off,
+                      uint64_t end, struct qcow2_extent *ext);
+
 /* Map guest offset off (< disk size) to a run of at most len bytes. */
 int
 qcow2_map(struct qcow2_disk *q, uint64_t off, uint64_t len,
@@ -147,14 +150,28 @@ qcow2_map(struct qcow2_disk *q, uint64_t off, uint64_t len,
   uint64_t l1_index = off / span;
   uint64_t end = (l1_index + 1) * span - off < len ? (l1_index + 1) * span
     : off + len;
-  uint64_t l1e, l2_off;
-  struct qcow2_l2_ref ref;
   int r;
 
   ext->kind = QCOW2_BACKING;
   ext->len = end - off;
   if (l1_index >= q->l1_size)
     return 0;
+  pthread_rwlock_rdlock(&q->map_lock);
+  r = map_locked(q, l1_index, off, end, ext);
+  pthread_rwlock_unlock(&q->map_lock);
+  return r;
+}
+
+/* qcow2_map's lookup, with map_lock held so that the writer's updates of
+ * L1 and L2 entries are never seen half done. */
+static int
+map_locked(struct qcow2_disk *q, uint64_t l1_index, uint64_t off,
+           uint64_t end, struct qcow2_extent *ext)
+{
+  uint64_t l1e, l2_off;
+  struct qcow2_l2_ref ref;
+  int r;
+
   l1e = q->l1[l1_index];
   l2_off = l1e & L1E_OFFSET_MASK;
   if (l1e == 0)

@@ -118,6 +118,8 @@ qcow2_read_snapshots(struct qcow2_disk *q, uint64_t offset, uint32_t count)
     if (r < 0)
       return r;
   }
+  q->snapshots_offset = offset;
+  q->snapshots_size = pos - offset;
   return 0;
 }
 

@@ -3,7 +3,8 @@
  *
  * Everything read from the image is validated before it is used to
  * allocate memory or to follow an offset (see the trap list in the qcow2
- * reference, section 7).  The export is always read-only for now. */
+ * reference, section 7).  Opening for writing adds the checks of
+ * open_for_writing; the write path itself is in qcow2-write.c. */
 #include <config.h>
 
 #include <errno.h>
@@ -806,6 +807,7 @@ load_exported_l1(struct open_ctx *c)
   if (c->p->snapshot != NULL)
     return qcow2_select_snapshot(q, c->p->snapshot);
   q->disk.size = q->header_size & ~(uint64_t) 511;
+  q->l1_offset = c->h.l1_table_offset;
   return qcow2_load_l1(q, c->h.l1_table_offset, c->h.l1_size, q->header_size,
                        "L1 table");
 }
@@ -819,12 +821,60 @@ create_caches(const struct fde_open_params *p, struct qcow2_disk *q)
   return q->l2_cache == NULL || q->zcache == NULL ? -ENOMEM : 0;
 }
 
+/* Clear the autoclear bits we do not maintain before the first write, as
+ * QEMU does (reference 1.2): one 8-byte write of the field, synced. */
+static int
+clear_unknown_autoclear(struct qcow2_disk *q)
+{
+  uint64_t keep = q->autoclear & QCOW2_AUTOCLEAR_BITMAPS, be;
+
+  if (q->version < 3 || keep == q->autoclear)
+    return 0;
+  be = htobe64(keep);
+  if (fde_pwrite_full(q->fd, &be, 8, 88) < 0 || fdatasync(q->fd) == -1) {
+    fde_error("%s: cannot update the header: %s", q->disk.path,
+              strerror(errno));
+    return -EIO;
+  }
+  q->autoclear = keep;
+  return 0;
+}
+
+/* Everything writing needs, and the checks that make it safe: no bitmaps
+ * we would make stale, refcounts that agree with every reference. */
+static int
+open_for_writing(struct open_ctx *c)
+{
+  struct qcow2_disk *q = c->q;
+  int r;
+
+  if (q->nb_bitmaps > 0) {
+    fde_error("%s: has %" PRIu32 " persistent bitmap(s) that writing would "
+              "make stale; export it with -r, or remove them with "
+              "'qemu-img bitmap --remove'", q->disk.path, q->nb_bitmaps);
+    return -EACCES;
+  }
+  if ((r = qcow2_refs_load(q, c->h.refcount_table_offset,
+                           c->h.refcount_table_clusters)) < 0
+      || (r = qcow2_check_for_writing(q)) < 0
+      || (r = qcow2_refs_find_end(q)) < 0
+      || (r = clear_unknown_autoclear(q)) < 0)
+    return r;
+  q->disk.read_only = false;
+  return 0;
+}
+
 /* Free the state; close the backing chain but not q->fd. */
 static void
 free_disk(struct qcow2_disk *q)
 {
   if (q == NULL)
     return;
+  pthread_mutex_destroy(&q->alloc_lock);
+  pthread_rwlock_destroy(&q->map_lock);
+  free(q->reftable);
+  free(q->free_map);
+  free(q->frees);
   fde_disk_close(q->backing);
   qcow2_l2_cache_free(q->l2_cache);
   qcow2_zcache_free(q->zcache);
@@ -848,14 +898,18 @@ qcow2_open(const struct fde_open_params *p, struct fde_disk **out)
   if (q == NULL || (q->disk.path = strdup(p->path)) == NULL)
     goto fail;
   q->disk.format = &fde_format_qcow2;
-  q->disk.read_only = true;     /* writing qcow2 is not implemented yet */
+  q->disk.read_only = true;     /* until open_for_writing says otherwise */
   q->fd = p->fd;
+  pthread_mutex_init(&q->alloc_lock, NULL);
+  pthread_rwlock_init(&q->map_lock, NULL);
   if ((r = file_size(p, &q->file_size)) < 0) {
     fde_error("%s: cannot find the file size: %s", p->path, strerror(-r));
     goto fail;
   }
   if ((r = validate_header(&c)) < 0 || (r = load_exported_l1(&c)) < 0
-      || (r = open_backing(p, q)) < 0 || (r = create_caches(p, q)) < 0)
+      || (r = open_backing(p, q)) < 0 || (r = create_caches(p, q)) < 0
+      || (!p->read_only && p->snapshot == NULL
+          && (r = open_for_writing(&c)) < 0))
     goto fail;
   free(c.cluster0);
   free(c.data_file_name);
@@ -869,12 +923,6 @@ fail:
   free(c.data_file_name);
   free_disk(q);
   return r;
-}
-
-static int
-qcow2_flush(struct fde_disk *d)
-{
-  return 0;
 }
 
 /* Host storage used by the top layer. */
@@ -983,6 +1031,9 @@ qcow2_close(struct fde_disk *d)
   struct qcow2_disk *q = to_qcow2(d);
   int fd = q->fd;
 
+  if (!d->read_only && qcow2_flush(d) < 0)
+    fde_error("%s: flush on close failed: recent writes may be lost",
+              d->path);
   free_disk(q);
   close(fd);
 }
@@ -994,8 +1045,8 @@ const struct fde_format fde_format_qcow2 = {
   .close           = qcow2_close,
 
   .pread           = qcow2_pread,
-  .pwrite          = NULL,              /* read-only for now */
-  .zero            = NULL,
+  .pwrite          = qcow2_pwrite,
+  .zero            = qcow2_zero,
   .flush           = qcow2_flush,
   .block_status    = qcow2_block_status,
 

@@ -158,6 +158,12 @@ _Static_assert(sizeof(struct qcow2_snapshot_extra) == 24,
 
 /* ---- Per-image state ---------------------------------------------------- */
 
+/* A reference to drop once the tables that replaced it are durable. */
+struct qcow2_free {
+  uint64_t offset;
+  uint64_t len;
+};
+
 struct qcow2_l2_cache;          /* qcow2-cache.c, opaque */
 struct qcow2_zcache;            /* qcow2-compress.c, opaque */
 
@@ -213,6 +219,28 @@ struct qcow2_disk {
   struct qcow2_l2_cache *l2_cache;
   struct qcow2_zcache *zcache;
   atomic_uint errors_logged;
+
+  /* where the tables are (for writing) */
+  uint64_t l1_offset;           /* active L1 */
+  uint64_t snapshots_offset;
+  uint64_t snapshots_size;      /* bytes of the snapshot table */
+
+  /* writing: refcounts (qcow2-refcount.c) */
+  uint64_t *reftable;           /* host order; entries are refblock offsets */
+  uint64_t reftable_offset;
+  uint32_t reftable_clusters;
+  uint64_t reftable_entries;
+  uint64_t next_free;           /* first cluster never allocated */
+  uint64_t *free_map;           /* bit c: cluster c was free at open */
+  uint64_t free_map_clusters;   /* clusters the map covers */
+  uint64_t free_cursor;         /* no free bit below it */
+
+  /* writing: pending updates (qcow2-write.c) */
+  pthread_mutex_t alloc_lock;   /* allocation, metadata updates, flush */
+  pthread_rwlock_t map_lock;    /* L1/L2 entries: lookups vs updates */
+  uint32_t l1_dirty_lo, l1_dirty_hi;    /* L1 entries not yet written */
+  struct qcow2_free *frees;     /* references to drop after the next sync */
+  size_t nr_frees, cap_frees;
 };
 
 #define to_qcow2(d) ((struct qcow2_disk *) (d))
@@ -261,6 +289,7 @@ qcow2_be64_at(const uint64_t *table, size_t i)
 /* ---- Prototypes by file ------------------------------------------------- */
 
 /* qcow2.c */
+int qcow2_flush(struct fde_disk *d);
 void qcow2_corruption(struct qcow2_disk *q, const char *fmt, ...)
   __attribute__((format(printf, 2, 3)));
 int qcow2_load_l1(struct qcow2_disk *q, uint64_t offset, uint32_t entries,
@@ -296,12 +325,22 @@ void qcow2_l2_cache_free(struct qcow2_l2_cache *c);
 int qcow2_l2_get(struct qcow2_disk *q, uint64_t l2_offset,
                  struct qcow2_l2_ref *ref);
 void qcow2_l2_put(struct qcow2_disk *q, struct qcow2_l2_ref *ref);
+int qcow2_l2_get_for_update(struct qcow2_disk *q, uint64_t l2_offset,
+                            struct qcow2_l2_ref *ref);
+int qcow2_l2_install(struct qcow2_disk *q, uint64_t l2_offset,
+                     const uint64_t *copy, struct qcow2_l2_ref *ref);
+void qcow2_l2_mark_dirty(struct qcow2_disk *q, struct qcow2_l2_ref *ref);
+int qcow2_l2_write_dirty(struct qcow2_disk *q);
+unsigned qcow2_l2_dirty_count(struct qcow2_disk *q);
+unsigned qcow2_l2_capacity(struct qcow2_disk *q);
 
 /* qcow2-compress.c */
 struct qcow2_zcache *qcow2_zcache_new(uint32_t cluster_size);
 void qcow2_zcache_free(struct qcow2_zcache *z);
 int qcow2_read_compressed(struct qcow2_disk *q, uint64_t desc,
                           uint32_t in_cluster, void *buf, size_t len);
+void qcow2_compressed_span(const struct qcow2_disk *q, uint64_t desc,
+                           uint64_t *coffset, uint64_t *csize);
 
 /* qcow2-snapshot.c */
 int qcow2_read_snapshots(struct qcow2_disk *q, uint64_t offset,
@@ -310,5 +349,23 @@ void qcow2_free_snapshots(struct qcow2_disk *q);
 const struct qcow2_snapshot *qcow2_find_snapshot(const struct qcow2_disk *q,
                                                  const char *id_or_name);
 int qcow2_select_snapshot(struct qcow2_disk *q, const char *id_or_name);
+
+/* qcow2-refcount.c (alloc_lock held) */
+int qcow2_refs_load(struct qcow2_disk *q, uint64_t offset, uint32_t clusters);
+int qcow2_refs_find_end(struct qcow2_disk *q);
+int qcow2_refcount_get(struct qcow2_disk *q, uint64_t cluster, uint64_t *rc);
+int qcow2_refcounts_read_all(struct qcow2_disk *q, uint16_t *out,
+                             uint64_t nr);
+int qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host);
+int qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len);
+
+/* qcow2-check.c */
+int qcow2_check_for_writing(struct qcow2_disk *q);
+
+/* qcow2-write.c */
+int qcow2_pwrite(struct fde_disk *d, const void *buf, size_t len,
+                 uint64_t off);
+int qcow2_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch);
+int qcow2_flush_locked(struct qcow2_disk *q);
 
 #endif /* FDE_QCOW2_H */

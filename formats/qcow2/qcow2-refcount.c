@@ -1,0 +1,527 @@
+/* fuse-disk-export: qcow2 backend — refcounts and cluster allocation.
+ *
+ * Refcount entries are read and written straight from the image file (the
+ * host page cache is the cache): an allocation changes a few bytes of one
+ * refblock, written before the data and long before the L2 entry that will
+ * reference the cluster (qcow2-write.c), so a crash leaves leaks at worst.
+ *
+ * Allocation reuses the clusters that the consistency scan (qcow2-check.c)
+ * found free at open -- no reference and refcount 0 -- and otherwise
+ * appends at next_free, which starts past the end of the file and past
+ * every cluster with a refcount.  A cluster freed during a session is never
+ * reused in that session, so a reader that mapped it a moment before it
+ * was freed still reads what it expected.  Freed clusters are punched out
+ * of the host file.
+ *
+ * All functions here are called with q->alloc_lock held. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/falloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "format.h"
+#include "qcow2.h"
+
+#define REFT_OFFSET_MASK   0xfffffffffffffe00ull
+#define REFT_RESERVED_MASK 0x1ffull
+
+static unsigned
+refcount_bits(const struct qcow2_disk *q)
+{
+  return 1u << q->refcount_order;
+}
+
+/* Entries per refblock (one cluster of refcount_bits-wide entries). */
+static uint64_t
+refblock_entries(const struct qcow2_disk *q)
+{
+  return ((uint64_t) q->cluster_size * 8) >> q->refcount_order;
+}
+
+static uint64_t
+refcount_max(const struct qcow2_disk *q)
+{
+  unsigned bits = refcount_bits(q);
+
+  return bits == 64 ? UINT64_MAX : (1ull << bits) - 1;
+}
+
+/* Decode entry i of a refblock fragment that starts at entry first. */
+static uint64_t
+get_entry(const struct qcow2_disk *q, const uint8_t *buf, uint64_t i)
+{
+  unsigned bits = refcount_bits(q);
+  uint64_t v = 0;
+
+  if (bits < 8)
+    return (buf[i * bits / 8] >> (i * bits % 8)) & ((1u << bits) - 1);
+  for (unsigned b = 0; b < bits / 8; b++)
+    v = (v << 8) | buf[i * (bits / 8) + b];
+  return v;
+}
+
+static void
+set_entry(const struct qcow2_disk *q, uint8_t *buf, uint64_t i, uint64_t v)
+{
+  unsigned bits = refcount_bits(q);
+
+  if (bits < 8) {
+    unsigned shift = i * bits % 8, mask = ((1u << bits) - 1) << shift;
+    buf[i * bits / 8] = (uint8_t) ((buf[i * bits / 8] & ~mask)
+                                   | ((v << shift) & mask));
+    return;
+  }
+  for (unsigned b = bits / 8; b-- > 0; v >>= 8)
+    buf[i * (bits / 8) + b] = (uint8_t) v;
+}
+
+/* Load and check the refcount table (trap 11: size and offset were checked
+ * with the header; entries are checked here). */
+int
+qcow2_refs_load(struct qcow2_disk *q, uint64_t offset, uint32_t clusters)
+{
+  uint64_t n = (uint64_t) clusters * q->cluster_size / 8;
+  int r;
+
+  q->reftable = malloc(n * 8);
+  if (q->reftable == NULL)
+    return -ENOMEM;
+  r = fde_pread_full(q->fd, q->reftable, n * 8, offset);
+  if (r < 0) {
+    fde_error("%s: reading the refcount table: %s", q->disk.path,
+              strerror(-r));
+    return r;
+  }
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t e = be64toh(q->reftable[i]);
+    uint64_t rb = e & REFT_OFFSET_MASK;
+    if ((e & REFT_RESERVED_MASK) || !qcow2_is_cluster_aligned(q, rb)
+        || rb > q->file_size || q->file_size - rb < q->cluster_size) {
+      fde_error("%s: refcount table entry %" PRIu64 " (%#" PRIx64 ") is "
+                "invalid", q->disk.path, i, e);
+      return -EINVAL;
+    }
+    q->reftable[i] = rb;
+  }
+  q->reftable_offset = offset;
+  q->reftable_clusters = clusters;
+  q->reftable_entries = n;
+  return 0;
+}
+
+/* Read or write the refcounts of clusters [first, first+n), all in one
+ * refblock, as a byte span of the file.  buf holds the span, and *skip
+ * the bit index of entry first inside it. */
+static int
+refblock_span(const struct qcow2_disk *q, uint64_t first, uint64_t n,
+              uint64_t *host, size_t *len, uint64_t *index0)
+{
+  uint64_t rbe = refblock_entries(q);
+  uint64_t rt = first / rbe, i0 = first % rbe;
+  unsigned bits = refcount_bits(q);
+
+  if (rt >= q->reftable_entries || q->reftable[rt] == 0)
+    return 0;
+  /* whole bytes covering entries i0..i0+n-1 */
+  uint64_t b0 = i0 * bits / 8, b1 = ((i0 + n) * bits + 7) / 8;
+  *host = q->reftable[rt] + b0;
+  *len = (size_t) (b1 - b0);
+  *index0 = i0 - b0 * 8 / bits;
+  return 1;
+}
+
+/* Refcount of one cluster (0 where no refblock covers it). */
+int
+qcow2_refcount_get(struct qcow2_disk *q, uint64_t cluster, uint64_t *rc)
+{
+  uint8_t buf[8];
+  uint64_t host, i;
+  size_t len;
+  int r;
+
+  *rc = 0;
+  if (!refblock_span(q, cluster, 1, &host, &len, &i))
+    return 0;
+  if ((r = fde_pread_full(q->fd, buf, len, host)) < 0)
+    return r;
+  *rc = get_entry(q, buf, i);
+  return 0;
+}
+
+/* Add delta to the refcounts of n clusters inside one refblock that
+ * exists.  Refuses to go below 0 or above the maximum (trap 23). */
+static int
+update_in_refblock(struct qcow2_disk *q, uint64_t first, uint64_t n,
+                   int64_t delta)
+{
+  uint8_t stack[512], *buf = stack;
+  uint64_t host, i0;
+  size_t len;
+  int r;
+
+  if (!refblock_span(q, first, n, &host, &len, &i0))
+    return -EIO;
+  if (len > sizeof stack && (buf = malloc(len)) == NULL)
+    return -ENOMEM;
+  if ((r = fde_pread_full(q->fd, buf, len, host)) < 0)
+    goto out;
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t v = get_entry(q, buf, i0 + i);
+    if ((delta < 0 && v < (uint64_t) -delta)
+        || (delta > 0 && refcount_max(q) - v < (uint64_t) delta)) {
+      qcow2_corruption(q, "refcount of cluster %" PRIu64 " would %s",
+                       first + i, delta < 0 ? "drop below 0" : "overflow");
+      r = -EIO;
+      goto out;
+    }
+    set_entry(q, buf, i0 + i, v + (uint64_t) delta);
+  }
+  r = fde_pwrite_full(q->fd, buf, len, host);
+out:
+  if (buf != stack)
+    free(buf);
+  return r;
+}
+
+/* Write the reftable entry rt (one 8-byte write, as QEMU hooks a new
+ * refblock in). */
+static int
+write_reftable_entry(struct qcow2_disk *q, uint64_t rt)
+{
+  uint64_t be = htobe64(q->reftable[rt]);
+
+  return fde_pwrite_full(q->fd, &be, 8, q->reftable_offset + rt * 8);
+}
+
+/* A new refblock for reftable index rt, placed at cluster next_free, which
+ * must lie in rt's own range so the block describes itself. */
+static int
+new_refblock(struct qcow2_disk *q, uint64_t rt)
+{
+  uint64_t rbe = refblock_entries(q), c = q->next_free;
+  uint8_t *buf;
+  int r;
+
+  if (c / rbe != rt)
+    return -EIO;                /* callers guarantee this; never guess */
+  buf = calloc(1, q->cluster_size);
+  if (buf == NULL)
+    return -ENOMEM;
+  set_entry(q, buf, c % rbe, 1);
+  r = fde_pwrite_full(q->fd, buf, q->cluster_size, c << q->cluster_bits);
+  free(buf);
+  /* The block must be durable before the table points at it. */
+  if (r < 0 || (r = fdatasync(q->fd) == 0 ? 0 : -errno) < 0)
+    return r;
+  q->reftable[rt] = c << q->cluster_bits;
+  if ((r = write_reftable_entry(q, rt)) < 0)
+    return r;
+  q->next_free = c + 1;
+  return 0;
+}
+
+/* Clusters of refblocks and reftable needed to place a new reftable of
+ * entries at cluster start, given the refblocks that exist. */
+static uint64_t
+growth_area(const struct qcow2_disk *q, uint64_t start, uint64_t entries,
+            uint64_t *nr_blocks)
+{
+  uint64_t rbe = refblock_entries(q), cs = q->cluster_size;
+  uint64_t table = (entries * 8 + cs - 1) / cs, blocks = 0, prev;
+
+  do {                          /* blocks cover themselves and the table */
+    prev = blocks;
+    blocks = 0;
+    for (uint64_t rt = start / rbe; rt <= (start + prev + table - 1) / rbe;
+         rt++)
+      if (rt >= q->reftable_entries || q->reftable[rt] == 0)
+        blocks++;
+  } while (blocks != prev);
+  *nr_blocks = blocks;
+  return blocks + table;
+}
+
+/* Fill the new refblocks (placed first in the area) and the new table. */
+static int
+write_growth_area(struct qcow2_disk *q, uint64_t start, uint64_t nr_blocks,
+                  uint64_t area, uint64_t *table, uint64_t entries)
+{
+  uint64_t rbe = refblock_entries(q), cs = q->cluster_size, block = start;
+  uint8_t *buf = malloc(cs);
+  int r = 0;
+
+  if (buf == NULL)
+    return -ENOMEM;
+  for (uint64_t rt = start / rbe; r == 0 && rt <= (start + area - 1) / rbe;
+       rt++) {
+    uint64_t lo = rt * rbe > start ? rt * rbe : start;
+    uint64_t hi = (rt + 1) * rbe < start + area ? (rt + 1) * rbe
+      : start + area;
+    if (rt < q->reftable_entries && q->reftable[rt] != 0) {
+      r = update_in_refblock(q, lo, hi - lo, 1);
+      continue;
+    }
+    memset(buf, 0, cs);
+    for (uint64_t c = lo; c < hi; c++)
+      set_entry(q, buf, c % rbe, 1);
+    table[rt] = block << q->cluster_bits;
+    r = fde_pwrite_full(q->fd, buf, cs, block << q->cluster_bits);
+    block++;
+  }
+  free(buf);
+  if (r == 0 && block != start + nr_blocks)
+    r = -EIO;
+  for (uint64_t i = 0; r == 0 && i < entries; i++)
+    table[i] = htobe64(table[i]);
+  if (r == 0)
+    r = fde_pwrite_full(q->fd, table, entries * 8,
+                        (start + nr_blocks) << q->cluster_bits);
+  for (uint64_t i = 0; i < entries; i++)
+    table[i] = be64toh(table[i]);
+  return r;
+}
+
+/* Point the header at the new reftable: bytes 48..59 in one write. */
+static int
+write_reftable_header(struct qcow2_disk *q, uint64_t offset, uint32_t clusters)
+{
+  uint8_t buf[12];
+  uint64_t off_be = htobe64(offset);
+  uint32_t n_be = htobe32(clusters);
+
+  memcpy(buf, &off_be, 8);
+  memcpy(buf + 8, &n_be, 4);
+  return fde_pwrite_full(q->fd, buf, sizeof buf, 48);
+}
+
+/* The reftable has no entry for index need: build a larger one at the end
+ * of the file together with the refblocks describing it (QEMU's
+ * qcow2_refcount_area), switch the header to it, free the old one. */
+static int
+grow_reftable(struct qcow2_disk *q, uint64_t need)
+{
+  uint64_t cs = q->cluster_size, start = q->next_free, nr_blocks, area;
+  uint64_t entries = q->reftable_entries + q->reftable_entries / 2;
+  uint64_t *table, old_off = q->reftable_offset;
+  uint32_t old_clusters = q->reftable_clusters;
+  int r;
+
+  if (entries <= need)
+    entries = need + 1;
+  for (;;) {                    /* the area itself must be covered too */
+    area = growth_area(q, start, entries, &nr_blocks);
+    if ((start + area - 1) / refblock_entries(q) < entries)
+      break;
+    entries = (start + area) / refblock_entries(q) + 1;
+  }
+  entries = (entries * 8 + cs - 1) / cs * cs / 8;      /* whole clusters */
+  if (entries * 8 > QCOW2_MAX_REFTABLE_BYTES) {
+    fde_error("%s: refcount table would exceed %u bytes", q->disk.path,
+              QCOW2_MAX_REFTABLE_BYTES);
+    return -EFBIG;
+  }
+  area = growth_area(q, start, entries, &nr_blocks);
+  table = calloc(entries, 8);
+  if (table == NULL)
+    return -ENOMEM;
+  memcpy(table, q->reftable, q->reftable_entries * 8);
+  r = write_growth_area(q, start, nr_blocks, area, table, entries);
+  if (r == 0)
+    r = fdatasync(q->fd) == 0 ? 0 : -errno;
+  if (r == 0)
+    r = write_reftable_header(q, (start + nr_blocks) << q->cluster_bits,
+                              (uint32_t) (entries * 8 / cs));
+  if (r == 0)
+    r = fdatasync(q->fd) == 0 ? 0 : -errno;
+  if (r < 0) {
+    free(table);
+    return r;
+  }
+  free(q->reftable);
+  q->reftable = table;
+  q->reftable_entries = entries;
+  q->reftable_offset = (start + nr_blocks) << q->cluster_bits;
+  q->reftable_clusters = (uint32_t) (entries * 8 / cs);
+  q->next_free = start + area;
+  return qcow2_free_clusters(q, old_off, (uint64_t) old_clusters * cs);
+}
+
+/* Make sure a refblock covers cluster next_free. */
+static int
+cover_next_free(struct qcow2_disk *q)
+{
+  uint64_t rt = q->next_free / refblock_entries(q);
+  int r;
+
+  if (rt >= q->reftable_entries && (r = grow_reftable(q, rt)) < 0)
+    return r;
+  rt = q->next_free / refblock_entries(q);
+  if (q->reftable[rt] == 0)
+    return new_refblock(q, rt);
+  return 0;
+}
+
+/* Readers check table offsets against file_size: keep it past every
+ * cluster allocated (refblocks and reftables included). */
+static void
+grow_file_size(struct qcow2_disk *q)
+{
+  uint64_t end = q->next_free << q->cluster_bits;
+
+  if (end > q->file_size) {
+    pthread_rwlock_wrlock(&q->map_lock);
+    q->file_size = end;
+    pthread_rwlock_unlock(&q->map_lock);
+  }
+}
+
+/* A cluster that was free at open, whose refblock exists: refcount set
+ * to 1.  1 and *host if one was found, 0 if none is left, or -errno. */
+static int
+reuse_free_cluster(struct qcow2_disk *q, uint64_t *host)
+{
+  uint64_t rbe = refblock_entries(q);
+
+  while (q->free_cursor < q->free_map_clusters) {
+    uint64_t c = q->free_cursor, word = q->free_map[c / 64] >> (c % 64);
+    if (word == 0) {
+      q->free_cursor = (c / 64 + 1) * 64;
+      continue;
+    }
+    c += (uint64_t) __builtin_ctzll(word);
+    if (c >= q->free_map_clusters)
+      break;
+    q->free_map[c / 64] &= ~(1ull << (c % 64));
+    q->free_cursor = c + 1;
+    if (c / rbe >= q->reftable_entries || q->reftable[c / rbe] == 0)
+      continue;                 /* would need a new refblock: append */
+    uint64_t rc;
+    int r = qcow2_refcount_get(q, c, &rc);
+    if (r < 0)
+      return r;
+    if (rc != 0)                /* taken since open (a refblock, say) */
+      continue;
+    if ((r = update_in_refblock(q, c, 1, 1)) < 0)
+      return r;
+    *host = c << q->cluster_bits;
+    return 1;
+  }
+  return 0;
+}
+
+/* Allocate one cluster: reuse one that was free at open, else append.
+ * Its refcount becomes 1 (on disk); its offset is stored in *host. */
+int
+qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
+{
+  int r;
+
+  if ((r = reuse_free_cluster(q, host)) != 0)
+    return r < 0 ? r : 0;
+
+  if (q->next_free > QCOW2_MAX_HOST_OFFSET >> q->cluster_bits)
+    return -EFBIG;
+  /* A new refblock or reftable may take next_free; cover again. */
+  for (int tries = 0; tries < 4; tries++) {
+    uint64_t before = q->next_free;
+    if ((r = cover_next_free(q)) < 0)
+      return r;
+    if (q->next_free == before)
+      break;
+  }
+  if ((r = cover_next_free(q)) < 0
+      || (r = update_in_refblock(q, q->next_free, 1, 1)) < 0)
+    return r;
+  *host = q->next_free << q->cluster_bits;
+  q->next_free++;
+  grow_file_size(q);
+  return 0;
+}
+
+/* Drop one reference from every cluster of [offset, offset+len) (a data
+ * cluster, an old table, or the span of a compressed cluster); clusters
+ * that become free are punched out of the file. */
+int
+qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len)
+{
+  uint64_t first = offset >> q->cluster_bits;
+  uint64_t last = (offset + len - 1) >> q->cluster_bits;
+  int r;
+
+  if (len == 0)
+    return 0;
+  for (uint64_t c = first; c <= last; c++) {
+    uint64_t rc;
+    if ((r = update_in_refblock(q, c, 1, -1)) < 0
+        || (r = qcow2_refcount_get(q, c, &rc)) < 0)
+      return r;
+    if (rc == 0
+        && fallocate(q->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                     (off_t) (c << q->cluster_bits), q->cluster_size) == -1
+        && errno != EOPNOTSUPP)
+      fde_debug("%s: punching freed cluster %" PRIu64 ": %s", q->disk.path,
+                c, strerror(errno));
+  }
+  return 0;
+}
+
+/* The first cluster we may allocate: past the end of the file and past
+ * every cluster that has a refcount (read from every refblock, bounded by
+ * the reftable size). */
+int
+qcow2_refs_find_end(struct qcow2_disk *q)
+{
+  uint64_t rbe = refblock_entries(q), end;
+  uint8_t *buf = malloc(q->cluster_size);
+  int r = 0;
+
+  if (buf == NULL)
+    return -ENOMEM;
+  end = (q->file_size + q->cluster_size - 1) >> q->cluster_bits;
+  for (uint64_t rt = 0; rt < q->reftable_entries; rt++) {
+    if (q->reftable[rt] == 0)
+      continue;
+    if ((r = fde_pread_full(q->fd, buf, q->cluster_size, q->reftable[rt])) < 0)
+      break;
+    for (uint64_t i = rbe; i-- > 0;) {
+      if (get_entry(q, buf, i) != 0) {
+        if (rt * rbe + i + 1 > end)
+          end = rt * rbe + i + 1;
+        break;
+      }
+    }
+  }
+  free(buf);
+  q->next_free = end;
+  return r;
+}
+
+/* Every refcount of clusters [0, nr) into out, saturated at 16 bits (for
+ * the consistency scan), reading each refblock once. */
+int
+qcow2_refcounts_read_all(struct qcow2_disk *q, uint16_t *out, uint64_t nr)
+{
+  uint64_t rbe = refblock_entries(q);
+  uint8_t *buf = malloc(q->cluster_size);
+  int r = 0;
+
+  if (buf == NULL)
+    return -ENOMEM;
+  for (uint64_t rt = 0; rt < q->reftable_entries && rt * rbe < nr; rt++) {
+    if (q->reftable[rt] == 0)
+      continue;
+    if ((r = fde_pread_full(q->fd, buf, q->cluster_size, q->reftable[rt])) < 0)
+      break;
+    for (uint64_t i = 0; i < rbe && rt * rbe + i < nr; i++) {
+      uint64_t v = get_entry(q, buf, i);
+      out[rt * rbe + i] = v > UINT16_MAX ? UINT16_MAX : (uint16_t) v;
+    }
+  }
+  free(buf);
+  return r;
+}
