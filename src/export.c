@@ -11,10 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
+
+#define READ_AHEAD_KB 1024      /* as large as one request (max_read) */
 
 /* Refuse a path that is already a mount point, saying what to do. */
 static int
@@ -302,6 +305,24 @@ export_start_loop(struct export *exp)
   return 0;
 }
 
+/* The kernel caps a FUSE mount's read-ahead at the default 128 KiB
+ * whatever max_readahead says; root may raise it through sysfs so that
+ * sequential reads arrive as 1 MiB requests.  Not being able to is fine. */
+static void
+raise_readahead(dev_t dev)
+{
+  char path[64];
+  FILE *f;
+
+  snprintf(path, sizeof path, "/sys/class/bdi/%u:%u/read_ahead_kb",
+           major(dev), minor(dev));
+  f = fopen(path, "we");
+  if (f == NULL)
+    return;
+  fprintf(f, "%u\n", READ_AHEAD_KB);
+  fclose(f);
+}
+
 /* Wait until the kernel's FUSE_INIT has been answered and the mount is in
  * the mount table: from then on any process sees the view. */
 int
@@ -329,6 +350,7 @@ export_wait_live(struct export *exp)
               exp->mountpoint);
     return -1;
   }
+  raise_readahead(st.st_dev);
   return 0;
 }
 

@@ -139,7 +139,9 @@ fde_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 }
 
 /** Writing is refused on a read-only export.  O_TRUNC is ignored, as a
- * block device ignores it: the disk keeps its size and contents. */
+ * block device ignores it: the disk keeps its size and contents.  The page
+ * cache is kept across opens: this mount is the only way to the data, and
+ * the kernel drops cached pages itself on writes, punches and zeroing. */
 static void
 fde_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -149,6 +151,7 @@ fde_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, EROFS);
     return;
   }
+  fi->keep_cache = 1;
   fuse_reply_open(req, fi);
 }
 
