@@ -1,0 +1,748 @@
+#!/usr/bin/env python3
+# Benchmark for fuse-disk-export (issue 6): "make bench", never part of
+# "make check".
+#
+# What it does, in one invocation:
+#
+#   * builds four images in a scratch directory (BENCH_DIR, else $TMPDIR,
+#     else /var/tmp): raw; a fully allocated qcow2; a zstd-compressed qcow2
+#     (qemu-img convert -c -o compression_type=zstd); and the top of a
+#     backing chain (a qcow2 overlay over the fully allocated qcow2 with
+#     every other MiB rewritten in the overlay).  The data is ~50%
+#     compressible (fio buffer_compress_percentage=50) so that the zstd image
+#     really holds compressed clusters;
+#   * runs the fio jobs of JOBS below through the raw view of each image,
+#     served by each peer of PEERS: fuse-disk-export itself,
+#     qemu-storage-daemon's FUSE export, and libqcow's qcowmount (read jobs
+#     only, qcow images only);
+#   * runs the same jobs on a plain raw file in the host page cache (direct=0,
+#     no invalidation) as a ceiling;
+#   * times "fuse-disk-export -d" on a 100 GiB sparse qcow2 (command to live
+#     view) next to "qemu-img convert -O raw" of the same image;
+#   * records each daemon's peak RSS (VmHWM just before it is stopped, after
+#     the jobs).
+#
+# How to read the results:
+#
+#   * Each throughput cell is "IOPS / MiB/s", the median of BENCH_REPEAT runs
+#     of BENCH_RUNTIME seconds.  "ours/best" is fuse-disk-export's IOPS over
+#     the best peer's IOPS for the same job and image: > 1 means we are
+#     faster.
+#   * Compare numbers within one run only.  Machines (VMs especially) are
+#     noisy; a ratio moving by 10-20% between runs means nothing.  Absolute
+#     numbers depend on the CPU, the kernel's FUSE and the page cache: all
+#     images live in the page cache, so this measures the FUSE and format
+#     overhead, not the disk.
+#   * Each peer gets a fresh copy of each image; within one peer the read
+#     jobs run first, then the write jobs, in JOBS order, so the write jobs
+#     see the writes of the previous write jobs (the same sequence for every
+#     peer).  Writes to compressed clusters or to clusters of the backing
+#     file allocate new clusters: that is part of what those images cost.
+#   * psync jobs use direct=0 (buffered; writes may be absorbed by the page
+#     cache if the view allows it); the libaio jobs use direct=1.  fio
+#     invalidates the view's page cache before each run.
+#   * "n/a (error)" means the job failed (for example writes to a qcow2 image
+#     while its write support is unfinished, or qcowmount refusing a zstd
+#     image); the notes under the table give the reason.  "-" means the peer
+#     does not do that (qcowmount: writes, raw images).
+#
+# Settings (environment, or the matching options; see --help):
+#   BENCH_SIZE=1G   image size        BENCH_RUNTIME=5  seconds per job run
+#   BENCH_REPEAT=3  runs per job      BENCH_BIG_SIZE=100G  startup image size
+#   BENCH_DIR       scratch parent    BENCH_JOBS / BENCH_IMAGES  comma lists
+#
+# Needs root (FUSE mounts on files), fio, qemu-utils; qemu-system-common
+# (qemu-storage-daemon) and libqcow-utils (qcowmount) are optional peers.
+# Missing packages are reported and what needs them is skipped.  Mounts and
+# daemons are cleaned up on any exit, ^C included.
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+MiB = 1 << 20
+
+# The fio jobs: name -> (is_write, fio options).  Read jobs run before write
+# jobs (see main), each in this order.
+JOBS = [
+    ("seq-read-1M",        False, dict(rw="read",      bs="1M", ioengine="psync", direct=0)),
+    ("rand-read-4k-qd1",   False, dict(rw="randread",  bs="4k", ioengine="psync", direct=0)),
+    ("rand-read-4k-aio16x2", False, dict(rw="randread", bs="4k", ioengine="libaio", direct=1,
+                                         iodepth=16, numjobs=2, group_reporting=1)),
+    ("seq-write-1M",       True,  dict(rw="write",     bs="1M", ioengine="psync", direct=0)),
+    ("rand-write-4k-qd1",  True,  dict(rw="randwrite", bs="4k", ioengine="psync", direct=0)),
+    ("rand-write-4k-aio16x2", True, dict(rw="randwrite", bs="4k", ioengine="libaio", direct=1,
+                                         iodepth=16, numjobs=2, group_reporting=1)),
+]
+
+# Options every job gets.  allow_file_create=0: never write a file where a
+# view should be; fallocate=none: the views are fixed-size disks.
+FIO_COMMON = dict(time_based=1, fallocate="none", allow_file_create=0,
+                  norandommap=1, randrepeat=0)
+
+# The images: name -> format (the recipe is in make_images).
+IMAGES = [("raw", "raw"), ("qcow2-full", "qcow2"), ("qcow2-zstd", "qcow2"),
+          ("qcow2-chain-top", "qcow2")]
+
+# Commands -> the Debian package that ships them.
+PACKAGES = [("fio", "fio"), ("qemu-img", "qemu-utils"), ("qemu-io", "qemu-utils"),
+            ("qemu-storage-daemon", "qemu-system-common"),
+            ("qcowmount", "libqcow-utils"), ("fusermount3", "fuse3")]
+
+NA_ERR = "n/a (error)"
+NA = "-"
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def have(cmd):
+    return shutil.which(cmd) is not None
+
+
+def parse_size(s):
+    s = s.strip().upper().rstrip("B").rstrip("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if s and s[-1] in mult:
+        return int(float(s[:-1]) * mult[s[-1]])
+    return int(s)
+
+
+def fmt_size(n):
+    for unit, m in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= m and n % m == 0:
+            return f"{n // m}{unit}"
+    return str(n)
+
+
+def run(cmd, **kw):
+    """Run a command; raise with its stderr on failure."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    p = subprocess.run(cmd, text=True, **kw)
+    if p.returncode != 0:
+        raise RuntimeError(f"{os.path.basename(cmd[0])} failed ({p.returncode}): "
+                           f"{(p.stderr or p.stdout or '').strip()[:300]}")
+    return p
+
+
+# ---------------------------------------------------------------- mounts
+
+def mountpoints():
+    pts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4]
+            for esc, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+                mp = mp.replace(esc, ch)
+            pts.append(mp)
+    return pts
+
+
+def is_mounted(path):
+    return os.path.abspath(path) in mountpoints()
+
+
+def wait_for(pred, timeout, step=0.02):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def vmhwm_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def unmount(path):
+    for cmd in (["fusermount3", "-u", path], ["umount", path], ["umount", "-l", path]):
+        if not is_mounted(path):
+            return
+        if have(cmd[0]):
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: not is_mounted(path), 2)
+
+
+def stop_pid(pid, sig, timeout=30):
+    """Signal a daemon we started and wait for it to go; escalate if stuck."""
+    if pid is None or not pid_alive(pid):
+        return
+    for s in (sig, signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, s)
+        except ProcessLookupError:
+            return
+        if wait_for(lambda: not pid_alive(pid), timeout if s == sig else 5, 0.05):
+            return
+
+
+# ---------------------------------------------------------------- peers
+#
+# A peer serves a raw view of an image.  start(image, fmt, workdir) returns
+# the path fio should use; stop() stops it and returns its VmHWM in KiB.
+# cleanup() is stop() that never raises, for the exit path.
+
+class Peer:
+    name = "?"
+    writes = True          # does it do writes at all?
+    command = None         # the program it needs
+
+    def __init__(self):
+        self.pid = None
+        self.mnt = None
+
+    def available(self):
+        return have(self.command)
+
+    def supports(self, fmt):
+        return True
+
+    def stop(self):
+        raise NotImplementedError
+
+    def cleanup(self):
+        try:
+            self.stop()
+        except Exception as e:          # noqa: BLE001 -- exit path
+            log(f"cleanup of {self.name}: {e}")
+        if self.mnt:
+            unmount(self.mnt)
+        stop_pid(self.pid, signal.SIGKILL, 5)
+
+
+class FuseDiskExport(Peer):
+    name = "fuse-disk-export"
+
+    def __init__(self, binary):
+        super().__init__()
+        self.command = binary
+
+    def start(self, image, fmt, workdir):
+        pidfile = os.path.join(workdir, "fde.pid")
+        self.mnt = image
+        self.pidfile = pidfile
+        run([self.command, "-q", "-dp", pidfile, image], timeout=120)
+        self.pid = read_pid(pidfile)
+        if not is_mounted(image):
+            raise RuntimeError("fuse-disk-export -d returned but the view is not mounted")
+        return image
+
+    def stop(self):
+        if self.pid is None:
+            return None
+        hwm = vmhwm_kib(self.pid)
+        stop_pid(self.pid, signal.SIGINT)
+        wait_for(lambda: not os.path.exists(self.pidfile), 5)
+        if is_mounted(self.mnt):
+            unmount(self.mnt)
+        self.pid = None
+        self.mnt = None
+        return hwm
+
+
+class QemuStorageDaemon(Peer):
+    name = "qemu-storage-daemon"
+    command = "qemu-storage-daemon"
+
+    def start(self, image, fmt, workdir):
+        # Absolute paths only: Debian 12's qsd leaves a dead mount for a
+        # relative mountpoint.
+        mnt = os.path.abspath(os.path.join(workdir, "qsd-view"))
+        pidfile = os.path.abspath(os.path.join(workdir, "qsd.pid"))
+        open(mnt, "w").close()
+        self.mnt = mnt
+        run([self.command,
+             "--blockdev", f"driver=file,node-name=file,filename={os.path.abspath(image)}",
+             "--blockdev", f"driver={fmt},node-name=fmt,file=file",
+             "--export", f"type=fuse,id=exp,node-name=fmt,mountpoint={mnt},writable=on",
+             "--daemonize", "--pidfile", pidfile], timeout=120)
+        self.pid = read_pid(pidfile)
+        if not wait_for(lambda: is_mounted(mnt), 10):
+            raise RuntimeError("qemu-storage-daemon started but its export is not mounted")
+        return mnt
+
+    def stop(self):
+        if self.pid is None:
+            return None
+        hwm = vmhwm_kib(self.pid)
+        stop_pid(self.pid, signal.SIGTERM)
+        if is_mounted(self.mnt):
+            unmount(self.mnt)
+        self.pid = None
+        self.mnt = None
+        return hwm
+
+
+class QcowMount(Peer):
+    name = "qcowmount"
+    command = "qcowmount"
+    writes = False
+
+    def supports(self, fmt):
+        return fmt == "qcow2"
+
+    def start(self, image, fmt, workdir):
+        mnt = os.path.abspath(os.path.join(workdir, "qcowmount-dir"))
+        os.makedirs(mnt, exist_ok=True)
+        self.mnt = mnt
+        errpath = os.path.join(workdir, "qcowmount.err")
+        # -v keeps it in the foreground, so the pid is ours; its own session
+        # so a ^C at the terminal reaches us, and we stop it in order.
+        with open(errpath, "w") as err:
+            self.proc = subprocess.Popen([self.command, "-v", image, mnt],
+                                         stdout=subprocess.DEVNULL, stderr=err,
+                                         start_new_session=True)
+        self.pid = self.proc.pid
+        ok = wait_for(lambda: is_mounted(mnt) or self.proc.poll() is not None, 10)
+        if not ok or not is_mounted(mnt):
+            with open(errpath) as f:
+                lines = [l.strip() for l in f if "unsupported" in l or "unable" in l]
+            msg = lines[0] if lines else ""
+            self.stop()
+            raise RuntimeError(f"qcowmount failed: {msg[:200] or 'not mounted'}")
+        # One file per layer of the chain (qcow1 = bottom); the top is the disk.
+        files = sorted(os.listdir(mnt), key=lambda n: int(n[4:]) if n[4:].isdigit() else 0)
+        if not files:
+            raise RuntimeError("qcowmount mounted an empty directory")
+        return os.path.join(mnt, files[-1])
+
+    def stop(self):
+        if self.pid is None:
+            return None
+        hwm = vmhwm_kib(self.pid)
+        unmount(self.mnt)
+        stop_pid(self.pid, signal.SIGTERM, 10)
+        try:
+            self.proc.wait(5)
+        except Exception:               # noqa: BLE001
+            pass
+        self.pid = None
+        self.mnt = None
+        return hwm
+
+
+# ---------------------------------------------------------------- fio
+
+def fio_run(job, path, size, runtime, extra=None):
+    """One fio run; returns (iops, bytes/s) or raises with the reason."""
+    _, opts = job[1], dict(job[2])
+    opts.update(FIO_COMMON)
+    opts.update(extra or {})
+    opts.update(name=job[0], filename=path, size=size, runtime=runtime)
+    cmd = ["fio", "--output-format=json"] + [f"--{k}={v}" for k, v in opts.items()]
+    try:
+        p = subprocess.run(cmd, text=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=runtime + 120)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("fio timed out")
+    out = p.stdout
+    data = None
+    if "{" in out:
+        try:
+            data = json.loads(out[out.index("{"):])
+        except ValueError:
+            data = None
+    errs = [j.get("error", 0) for j in (data or {}).get("jobs", [])]
+    if p.returncode != 0 or data is None or any(errs):
+        # fio prints "fio: pid=N, err=30/file:..., func=open(F), error=..."
+        # before the JSON (or on stderr).
+        text = (out[:out.index("{")] if data is not None else out) + "\n" + p.stderr
+        lines = [l.strip() for l in text.splitlines() if l.strip()]
+        found = [l for l in lines if "err=" in l] or lines
+        func = re.search(r"func=(\w+)", found[0]) if found else None
+        if any(errs):                   # fio truncates long messages: rebuild
+            reason = os.strerror(max(errs)) + (f" ({func.group(1)})" if func else "")
+        elif found:
+            reason = re.sub(r"^fio: pid=\d+, ", "", found[0])
+        else:
+            reason = f"fio exit {p.returncode}"
+        raise RuntimeError(reason[:200])
+    side = "write" if "write" in opts["rw"] else "read"
+    iops = sum(j[side]["iops"] for j in data["jobs"])
+    bw = sum(j[side]["bw_bytes"] for j in data["jobs"])
+    return iops, bw
+
+
+def measure(job, path, cfg, extra=None):
+    """Median over cfg.repeat runs: (iops, bytes/s); raises on any failure."""
+    res = []
+    for _ in range(cfg.repeat):
+        if not os.path.exists(path):
+            raise RuntimeError(f"{path} vanished")
+        res.append(fio_run(job, path, cfg.size, cfg.runtime, extra))
+    return (statistics.median(r[0] for r in res), statistics.median(r[1] for r in res))
+
+
+# ---------------------------------------------------------------- images
+
+def make_images(cfg, d, wanted):
+    """Build the pristine images; return {name: (path, fmt)} and notes."""
+    imgs, notes = {}, []
+    src = os.path.join(d, "raw.img")
+    log(f"writing {fmt_size(cfg.size)} of ~50% compressible data")
+    run(["fio", "--name=fill", f"--filename={src}", "--rw=write", "--bs=1M",
+         f"--size={cfg.size}", "--ioengine=psync", "--buffer_compress_percentage=50",
+         "--buffer_compress_chunk=4k", "--refill_buffers", "--output-format=terse"])
+    imgs["raw"] = (src, "raw")
+    if not (have("qemu-img") and have("qemu-io")):
+        notes.append("qcow2 images skipped: qemu-img/qemu-io missing (qemu-utils)")
+        return imgs, notes
+    full = os.path.join(d, "full.qcow2")
+    if any(n != "raw" for n in wanted):
+        log("converting to a fully allocated qcow2")
+        run(["qemu-img", "convert", "-S", "0", "-f", "raw", "-O", "qcow2", src, full])
+        imgs["qcow2-full"] = (full, "qcow2")
+    if "qcow2-zstd" in wanted:
+        log("converting to a zstd-compressed qcow2")
+        z = os.path.join(d, "zstd.qcow2")
+        run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2",
+             "-o", "compression_type=zstd", src, z])
+        imgs["qcow2-zstd"] = (z, "qcow2")
+    if "qcow2-chain-top" in wanted:
+        log("building a backing chain (every other MiB rewritten in the overlay)")
+        top = os.path.join(d, "top.qcow2")
+        # A relative backing path: libqcow mangles absolute ones.  Working
+        # copies elsewhere get an absolute one (working_copy).
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.basename(full),
+             "-F", "qcow2", top])
+        cmds = "".join(f"write -P 0x5a {off} 1M\n" for off in range(0, cfg.size - MiB + 1, 2 * MiB))
+        run(["qemu-io", "-f", "qcow2", top], input=cmds)
+        imgs["qcow2-chain-top"] = (top, "qcow2")
+    return imgs, notes
+
+
+def working_copy(src, dst, fmt="raw"):
+    """A fresh copy of an image; a chain top's relative backing path is made
+    absolute so that the copy still finds the pristine base."""
+    run(["cp", "--reflink=auto", "--sparse=auto", src, dst])
+    if fmt == "qcow2":
+        info = json.loads(run(["qemu-img", "info", "--output=json", "-U", src]).stdout)
+        backing = info.get("backing-filename")
+        if backing and not os.path.isabs(backing):
+            base = os.path.join(os.path.dirname(os.path.abspath(src)), backing)
+            run(["qemu-img", "rebase", "-u", "-b", base,
+                 "-F", info.get("backing-filename-format", "qcow2"), dst])
+    return dst
+
+
+# ---------------------------------------------------------------- startup
+
+def bench_startup(cfg, d, fde, results, notes):
+    """Time command -> live raw view of a big sparse qcow2, next to convert."""
+    big = os.path.join(d, "big.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", big, str(cfg.big_size)])
+    rows = []
+
+    def timed(label, start, stop):
+        ts = []
+        for _ in range(cfg.repeat):
+            t0 = time.monotonic()
+            try:
+                start()
+            except Exception as e:      # noqa: BLE001
+                notes.append(f"startup, {label}: {e}")
+                stop()
+                return rows.append((label, None))
+            ts.append(time.monotonic() - t0)
+            stop()
+        rows.append((label, statistics.median(ts)))
+
+    p = FuseDiskExport(fde)
+    results["active"].append(p)
+    timed("fuse-disk-export -d (command to live view)",
+          lambda: p.start(big, "qcow2", d), p.stop)
+    if have("qemu-storage-daemon"):
+        q = QemuStorageDaemon()
+        results["active"].append(q)
+        timed("qemu-storage-daemon FUSE export (command to mounted)",
+              lambda: q.start(big, "qcow2", d), q.stop)
+    out = os.path.join(d, "big.raw")
+    timed("qemu-img convert -O raw",
+          lambda: run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", big, out]),
+          lambda: os.path.exists(out) and os.unlink(out))
+    os.unlink(big)
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+def cell(r):
+    if r is None:
+        return NA
+    if isinstance(r, str):
+        return r
+    return f"{r[0]:,.0f} / {r[1] / MiB:,.1f}"
+
+
+def report(cfg, res, ceiling, startup, rss, notes, peers, images):
+    L = []
+    L.append("# fuse-disk-export benchmark")
+    L.append("")
+    L.append(f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
+             f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs; "
+             f"image size {fmt_size(cfg.size)}, {cfg.runtime} s per run, "
+             f"median of {cfg.repeat}.  Cells: IOPS / MiB/s.  "
+             "ours/best = fuse-disk-export IOPS / best peer IOPS (same run only; "
+             "machines are noisy).")
+    L.append("")
+    L.append("## Jobs through the raw view")
+    L.append("")
+    names = [p.name for p in peers]
+    L.append("| image | job | " + " | ".join(names) + " | ours/best |")
+    L.append("|---|---|" + "---:|" * len(names) + "---:|")
+    for img in images:
+        for job in ordered_jobs(cfg):
+            row = [res.get((p.name, img, job[0])) for p in peers]
+            ours = row[0]
+            best = [r[0] for r in row[1:] if isinstance(r, tuple)]
+            if not isinstance(ours, tuple):
+                ratio = "n/a"
+            elif not best:
+                ratio = NA
+            else:
+                ratio = f"{ours[0] / max(best):.2f}"
+            L.append(f"| {img} | {job[0]} | " + " | ".join(cell(r) for r in row) + f" | {ratio} |")
+    L.append("")
+    if ceiling:
+        L.append("## Ceiling: the same jobs on a plain raw file in the page cache")
+        L.append("")
+        L.append("(direct=0 for every job, so the libaio jobs stay in the page cache too)")
+        L.append("")
+        L.append("| job | page cache |")
+        L.append("|---|---:|")
+        for job in ordered_jobs(cfg):
+            L.append(f"| {job[0]} | {cell(ceiling.get(job[0]))} |")
+        L.append("")
+    if startup:
+        L.append(f"## Startup: {fmt_size(cfg.big_size)} sparse qcow2 (qemu-img create)")
+        L.append("")
+        L.append("| what | seconds |")
+        L.append("|---|---:|")
+        for label, t in startup:
+            L.append(f"| {label} | {NA_ERR if t is None else f'{t:.3f}'} |")
+        L.append("")
+    if rss:
+        L.append("## Peak RSS (VmHWM after the jobs, MiB)")
+        L.append("")
+        L.append("| image | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for img in images:
+            vals = []
+            for p in peers:
+                v = rss.get((p.name, img))
+                vals.append(NA if v is None else f"{v / 1024:.1f}")
+            L.append(f"| {img} | " + " | ".join(vals) + " |")
+        L.append("")
+    if notes:
+        L.append("## Notes")
+        L.append("")
+        seen = set()
+        for n in notes:
+            if n not in seen:
+                seen.add(n)
+                L.append(f"- {n}")
+        L.append("")
+    return "\n".join(L)
+
+
+def ordered_jobs(cfg):
+    js = [j for j in JOBS if j[0] in cfg.jobs]
+    return [j for j in js if not j[1]] + [j for j in js if j[1]]
+
+
+# ---------------------------------------------------------------- main
+
+def bench_peer(peer, cfg, imgs, work, res, rss, notes):
+    for img, (path, fmt) in imgs.items():
+        if not peer.supports(fmt):
+            continue
+        jobs = [j for j in ordered_jobs(cfg) if peer.writes or not j[1]]
+        wdir = os.path.join(work, f"{peer.name}-{img}")
+        os.makedirs(wdir)
+        # Read-only peers read the pristine image; others get a fresh copy.
+        src = path
+        if peer.writes:
+            src = working_copy(path, os.path.join(wdir, os.path.basename(path)), fmt)
+        log(f"{peer.name}: {img}")
+        try:
+            view = peer.start(src, fmt, wdir)
+        except Exception as e:          # noqa: BLE001
+            notes.append(f"{peer.name} on {img}: could not start: {e}")
+            for j in jobs:
+                res[(peer.name, img, j[0])] = NA_ERR
+            peer.cleanup()
+            continue
+        failed = {}                     # reason -> jobs, one note per reason
+        try:
+            for j in jobs:
+                log(f"  {j[0]}")
+                try:
+                    if not is_mounted(peer.mnt):
+                        raise RuntimeError("view no longer mounted")
+                    res[(peer.name, img, j[0])] = measure(j, view, cfg)
+                except Exception as e:  # noqa: BLE001
+                    res[(peer.name, img, j[0])] = NA_ERR
+                    failed.setdefault(str(e), []).append(j[0])
+        finally:
+            rss[(peer.name, img)] = peer.stop()
+            for reason, js in failed.items():
+                notes.append(f"{peer.name} on {img}, {', '.join(js)}: {reason}")
+        shutil.rmtree(wdir, ignore_errors=True)
+
+
+def parse_args():
+    env = os.environ.get
+    ap = argparse.ArgumentParser(description="fio through fuse-disk-export and its peers")
+    ap.add_argument("--fde", default=env("FDE", "./fuse-disk-export"),
+                    help="the fuse-disk-export binary")
+    ap.add_argument("--size", default=env("BENCH_SIZE", "1G"), help="image size (BENCH_SIZE)")
+    ap.add_argument("--runtime", type=int, default=int(env("BENCH_RUNTIME", "5")),
+                    help="seconds per fio run (BENCH_RUNTIME)")
+    ap.add_argument("--repeat", type=int, default=int(env("BENCH_REPEAT", "3")),
+                    help="runs per job, median reported (BENCH_REPEAT)")
+    ap.add_argument("--big-size", default=env("BENCH_BIG_SIZE", "100G"),
+                    help="size of the sparse image for the startup timing (BENCH_BIG_SIZE)")
+    ap.add_argument("--jobs", default=env("BENCH_JOBS", ",".join(j[0] for j in JOBS)),
+                    help="comma list of jobs (BENCH_JOBS)")
+    ap.add_argument("--images", default=env("BENCH_IMAGES", ",".join(i[0] for i in IMAGES)),
+                    help="comma list of images (BENCH_IMAGES)")
+    ap.add_argument("--dir", default=env("BENCH_DIR", env("TMPDIR", "/var/tmp")),
+                    help="parent of the scratch directory (BENCH_DIR, TMPDIR)")
+    ap.add_argument("--out", default="bench-results.md", help="also write the table here")
+    cfg = ap.parse_args()
+    cfg.size = parse_size(cfg.size)
+    cfg.big_size = parse_size(cfg.big_size)
+    cfg.jobs = [j for j in cfg.jobs.split(",") if j]
+    cfg.images = [i for i in cfg.images.split(",") if i]
+    for j in cfg.jobs:
+        if j not in [x[0] for x in JOBS]:
+            ap.error(f"unknown job {j}")
+    for i in cfg.images:
+        if i not in [x[0] for x in IMAGES]:
+            ap.error(f"unknown image {i}")
+    if cfg.size < 4 * MiB or cfg.size % MiB:
+        ap.error("size must be a multiple of 1 MiB, at least 4 MiB")
+    cfg.fde = os.path.abspath(cfg.fde)
+    return cfg
+
+
+def main():
+    cfg = parse_args()
+    if not os.access(cfg.fde, os.X_OK):
+        sys.exit(f"bench: {cfg.fde}: not an executable (build it, or pass --fde)")
+    if os.geteuid() != 0:
+        log("warning: not root; FUSE mounts on files may fail")
+
+    notes = []
+    missing = sorted({pkg for cmd, pkg in PACKAGES if not have(cmd)})
+    if missing:
+        log("missing packages: " + " ".join(missing))
+        notes.append("missing packages (what needs them was skipped): " + " ".join(missing))
+
+    peers = [FuseDiskExport(cfg.fde)]
+    for cls in (QemuStorageDaemon, QcowMount):
+        p = cls()
+        if p.available():
+            peers.append(p)
+        else:
+            notes.append(f"peer {p.name} skipped: {p.command} not installed")
+
+    state = {"active": list(peers)}
+    work = os.path.abspath(tempfile.mkdtemp(prefix="fde-bench.", dir=cfg.dir))
+
+    def on_signal(sig, _frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+    res, rss, ceiling, startup = {}, {}, {}, []
+    try:
+        imgs = {}
+        if have("fio"):
+            imgs, n = make_images(cfg, work, cfg.images)
+            notes += n
+            imgs = {k: v for k, v in imgs.items() if k in cfg.images}
+
+            log("ceiling: plain raw file in the page cache")
+            plain = working_copy(os.path.join(work, "raw.img"), os.path.join(work, "plain.raw"))
+            run(["cat", plain], stdout=subprocess.DEVNULL)
+            for j in ordered_jobs(cfg):
+                try:
+                    ceiling[j[0]] = measure(j, plain, cfg, extra=dict(direct=0, invalidate=0))
+                except Exception as e:  # noqa: BLE001
+                    ceiling[j[0]] = NA_ERR
+                    notes.append(f"ceiling, {j[0]}: {e}")
+            os.unlink(plain)
+
+            for p in peers:
+                bench_peer(p, cfg, imgs, work, res, rss, notes)
+        else:
+            notes.append("throughput skipped: fio missing")
+
+        if have("qemu-img"):
+            log(f"startup: {fmt_size(cfg.big_size)} sparse qcow2")
+            startup = bench_startup(cfg, work, cfg.fde, state, notes)
+        else:
+            notes.append("startup timing skipped: qemu-img missing")
+
+        text = report(cfg, res, ceiling, startup, rss, notes, peers, list(imgs))
+        print(text)
+        with open(cfg.out, "w") as f:
+            f.write(text + "\n")
+        log(f"results also in {os.path.abspath(cfg.out)}")
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # finish cleaning up
+        for p in state["active"]:
+            p.cleanup()
+        left = [m for m in mountpoints() if m == work or m.startswith(work + "/")]
+        for m in left:
+            unmount(m)
+        left = [m for m in mountpoints() if m == work or m.startswith(work + "/")]
+        if left:
+            log("still mounted, scratch directory kept: " + " ".join(left))
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
