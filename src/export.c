@@ -53,7 +53,8 @@ open_image_file(struct export *exp, const char *abspath, int *fdp)
 
   if (fd == -1) {
     int err = errno;
-    if (!exp->opts->read_only && (err == EACCES || err == EROFS || err == EPERM))
+    if (!exp->opts->read_only && geteuid() == 0
+        && (err == EACCES || err == EROFS || err == EPERM))
       fde_error("%s: %s (use -r for a read-only export)", exp->image,
                 strerror(err));
     else
@@ -99,25 +100,91 @@ choose_format(struct export *exp, int fd, const struct fde_format **fmt)
   return 0;
 }
 
-/* The view's path: the image itself, or the -m file (absolute, resolved). */
+/* path made absolute with its directory resolved but its last component
+ * untouched: a dead mount there fails every stat, and must still be found
+ * in the mount table and reported.  NULL with errno on failure. */
+static char *
+lexical_abspath(const char *path)
+{
+  char *copy = strdup(path), *slash, *dir, *base, *out = NULL;
+
+  if (copy == NULL)
+    return NULL;
+  slash = strrchr(copy, '/');
+  dir = slash == NULL ? "." : slash == copy ? "/" : copy;
+  base = slash == NULL ? copy : slash + 1;
+  if (slash != NULL && slash != copy)
+    *slash = '\0';
+  if (*base == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+    out = realpath(path, NULL);
+  else {
+    char *res = realpath(dir, NULL);
+    if (res != NULL && asprintf(&out, "%s/%s", strcmp(res, "/") ? res : "",
+                                base) == -1)
+      out = NULL;
+    free(res);
+  }
+  free(copy);
+  return out;
+}
+
+/* Resolve path for the mount table: absolute, symlinks followed, and
+ * refused if something is mounted there.  An exit status. */
+static int
+resolve_unmounted(const char *path, char **out)
+{
+  char *lex = lexical_abspath(path);
+  int r;
+
+  *out = NULL;
+  if (lex == NULL) {
+    fde_error("%s: %s", path, strerror(errno));
+    return EXIT_IMAGE;
+  }
+  if ((r = check_not_mounted(lex)) != 0) {
+    free(lex);
+    return r;
+  }
+  *out = realpath(lex, NULL);
+  if (*out == NULL) {
+    fde_error("%s: %s", path, strerror(errno));
+    r = errno == ENOENT ? EXIT_IMAGE : EXIT_FAIL;
+  }
+  else if (strcmp(*out, lex) != 0)    /* it was a symlink */
+    r = check_not_mounted(*out);
+  free(lex);
+  return r;
+}
+
+/* The view's path: the image itself, or the -m file (absolute, resolved).
+ * A user who is not root mounts through fusermount3, which needs write
+ * permission on the mount point even for a read-only export. */
 static int
 resolve_mountpoint(struct export *exp)
 {
   const char *target = exp->opts->mountpoint ? exp->opts->mountpoint
                                              : exp->image;
   struct stat st;
+  int r = resolve_unmounted(target, &exp->mountpoint);
 
-  exp->mountpoint = realpath(target, NULL);
-  if (exp->mountpoint == NULL) {
+  if (r != 0)
+    return r;
+  if (stat(exp->mountpoint, &st) == -1) {
     fde_error("%s: %s", target, strerror(errno));
-    return errno == ENOENT ? EXIT_IMAGE : EXIT_FAIL;
+    return EXIT_IMAGE;
   }
-  if (stat(exp->mountpoint, &st) == -1 || !S_ISREG(st.st_mode)) {
+  if (!S_ISREG(st.st_mode)) {
     fde_error("%s: %s", target, S_ISDIR(st.st_mode) ? "is a directory"
               : "not a regular file");
     return EXIT_IMAGE;
   }
-  return check_not_mounted(exp->mountpoint);
+  if (geteuid() != 0 && access(exp->mountpoint, W_OK) == -1) {
+    fde_error("%s: no write permission: a user other than root mounts "
+              "through fusermount3, which needs it on the mount point, even "
+              "with -r", target);
+    return EXIT_FAIL;
+  }
+  return 0;
 }
 
 /* Open the image and its whole chain; nothing is mounted.  An exit status. */
@@ -139,12 +206,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   pthread_cond_init(&exp->init_cond, NULL);
   if ((r = resolve_mountpoint(exp)) != 0)
     return r;
-  abspath = realpath(image, NULL);
-  if (abspath == NULL) {
-    fde_error("%s: %s", image, strerror(errno));
-    return EXIT_IMAGE;
-  }
-  if (opts->mountpoint != NULL && (r = check_not_mounted(abspath)) != 0)
+  if ((r = resolve_unmounted(image, &abspath)) != 0)
     goto out;
   if ((r = open_image_file(exp, abspath, &fd)) != 0
       || (r = choose_format(exp, fd, &fmt)) != 0)

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -106,8 +108,20 @@ static void *
 stat_thread(void *arg)
 {
   struct stat_probe *p = arg;
-  struct stat st;
-  int err = stat(p->path, &st) == 0 ? 0 : errno;
+  struct stat st = { 0 };
+  struct statx stx;
+  int err;
+
+  /* Force a round trip to the server: cached attributes would make a
+   * dead mount look alive for the attribute timeout. */
+  err = statx(AT_FDCWD, p->path, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS,
+              &stx) == 0 ? 0 : errno;
+  if (err == 0) {
+    st.st_ino = stx.stx_ino;
+    st.st_size = (off_t) stx.stx_size;
+    st.st_mode = stx.stx_mode;
+    st.st_dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+  }
 
   pthread_mutex_lock(&p->lock);
   p->st = st;

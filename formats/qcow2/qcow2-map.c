@@ -179,7 +179,8 @@ map_locked(struct qcow2_disk *q, uint64_t l1_index, uint64_t off,
   /* Here an offset of 0 means COPIED alone: corrupt (trap 14). */
   if ((l1e & L1E_RESERVED_MASK) || l2_off == 0
       || !qcow2_is_cluster_aligned(q, l2_off)
-      || l2_off > q->file_size || q->file_size - l2_off < q->cluster_size) {
+      || l2_off > q->file_size || q->file_size - l2_off < q->cluster_size
+      || qcow2_overlaps_fixed_metadata(q, l2_off)) {
     qcow2_corruption(q, "L1 entry %" PRIu64 " (%#" PRIx64 ") is corrupt",
                      l1_index, l1e);
     return -EIO;

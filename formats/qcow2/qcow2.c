@@ -520,6 +520,10 @@ check_table(struct open_ctx *c, const char *what, uint64_t offset,
 {
   const char *path = c->p->path;
 
+  if (offset > INT64_MAX) {
+    fde_error("%s: %s offset %#" PRIx64 " is invalid", path, what, offset);
+    return -EINVAL;
+  }
   if ((offset & ((1u << c->h.cluster_bits) - 1)) != 0) {
     fde_error("%s: %s offset %#" PRIx64 " is not aligned to the cluster size",
               path, what, offset);
@@ -775,6 +779,8 @@ set_geometry(struct open_ctx *c)
   q->granule_bits = q->extended_l2 ? h->cluster_bits - 5 : h->cluster_bits;
   q->refcount_order = h->refcount_order;
   q->header_size = h->size;
+  q->reftable_offset = h->refcount_table_offset;
+  q->reftable_clusters = h->refcount_table_clusters;
   q->incompatible = h->incompatible_features;
   q->compatible = h->compatible_features;
   q->autoclear = h->autoclear_features;
@@ -802,12 +808,13 @@ load_exported_l1(struct open_ctx *c)
   struct qcow2_disk *q = c->q;
   int r = qcow2_read_snapshots(q, c->h.snapshots_offset, c->h.nb_snapshots);
 
+  q->l1_offset = c->h.l1_table_offset;
+  q->l1_size_active = c->h.l1_size;
   if (r < 0)
     return r;
   if (c->p->snapshot != NULL)
     return qcow2_select_snapshot(q, c->p->snapshot);
   q->disk.size = q->header_size & ~(uint64_t) 511;
-  q->l1_offset = c->h.l1_table_offset;
   return qcow2_load_l1(q, c->h.l1_table_offset, c->h.l1_size, q->header_size,
                        "L1 table");
 }

@@ -222,6 +222,7 @@ struct qcow2_disk {
 
   /* where the tables are (for writing) */
   uint64_t l1_offset;           /* active L1 */
+  uint32_t l1_size_active;      /* its entries */
   uint64_t snapshots_offset;
   uint64_t snapshots_size;      /* bytes of the snapshot table */
 
@@ -257,6 +258,28 @@ static inline bool
 qcow2_is_cluster_aligned(const struct qcow2_disk *q, uint64_t off)
 {
   return qcow2_offset_into_cluster(q, off) == 0;
+}
+
+/* Does [off, off+len) meet [start, start+size)? */
+static inline bool
+qcow2_ranges_meet(uint64_t off, uint64_t len, uint64_t start, uint64_t size)
+{
+  return size > 0 && off < start + size && start < off + len;
+}
+
+/* Does a cluster at off overlap the structures whose place the header
+ * gives: header cluster, active L1, refcount table, snapshot table?  (An
+ * L2 table there would be a hostile image's trick, iotest 060.) */
+static inline bool
+qcow2_overlaps_fixed_metadata(const struct qcow2_disk *q, uint64_t off)
+{
+  uint64_t cs = q->cluster_size;
+
+  return off < cs
+    || qcow2_ranges_meet(off, cs, q->l1_offset, q->l1_size_active * 8ull)
+    || qcow2_ranges_meet(off, cs, q->reftable_offset,
+                         (uint64_t) q->reftable_clusters * cs)
+    || qcow2_ranges_meet(off, cs, q->snapshots_offset, q->snapshots_size);
 }
 
 static inline uint32_t

@@ -1,0 +1,136 @@
+#!/usr/bin/env bats
+# The command line: help, version, usage errors, the option tables.
+
+load helpers
+
+setup() { common_setup; }
+teardown() { common_teardown; }
+
+# Is $1 one whole line of $output?
+has_line() { grep -qxF -e "$1" <<<"$output"; }
+
+LONG_OPTIONS="daemonize pid-file format read-only allow-other mountpoint probe
+  snapshot cache-size quiet verbose help version"
+
+@test "--help exits 0 and mentions every long option" {
+  run "$FDE" --help
+  assert_success
+  assert_output --partial "Usage: fuse-disk-export"
+  local o
+  for o in $LONG_OPTIONS; do
+    [[ "$output" == *"--$o"* ]] || fail "--help does not mention --$o"
+  done
+  # and every option the program itself knows about
+  run "$FDE" --long-options
+  assert_success
+  local help
+  help=$("$FDE" --help)
+  for o in $output; do
+    [[ "$help" == *"$o"* ]] || fail "--help does not mention $o"
+  done
+}
+
+@test "-h is --help" {
+  run "$FDE" -h
+  assert_success
+  assert_output "$("$FDE" --help)"
+}
+
+@test "--version prints the name and a version, exits 0" {
+  run "$FDE" --version
+  assert_success
+  assert_output --regexp '^fuse-disk-export [0-9]+(\.[0-9]+)*'
+  run "$FDE" -V
+  assert_success
+  assert_output --regexp '^fuse-disk-export [0-9]'
+}
+
+@test "an unknown option is a usage error (exit 2)" {
+  truncate -s 1M img
+  run "$FDE" --no-such-option img
+  assert_failure 2
+  assert_output --partial "--help"
+  run "$FDE" -Z img
+  assert_failure 2
+  nothing_mounted
+}
+
+@test "no image is a usage error (exit 2)" {
+  run "$FDE"
+  assert_failure 2
+  assert_output --partial "no image"
+  run "$FDE" -r
+  assert_failure 2
+}
+
+@test "--format=vdi is a usage error (exit 2)" {
+  truncate -s 1M img
+  run "$FDE" --format=vdi img
+  assert_failure 2
+  assert_output --partial "vdi"
+  run "$FDE" -f vmdk img
+  assert_failure 2
+  nothing_mounted
+}
+
+@test "a bad --allow-other value is a usage error (exit 2)" {
+  truncate -s 1M img
+  run "$FDE" --allow-other=maybe img
+  assert_failure 2
+  assert_output --partial "allow-other"
+}
+
+@test "-m with two images is a usage error (exit 2)" {
+  truncate -s 1M a b target
+  run "$FDE" -m target a b
+  assert_failure 2
+  assert_output --partial "one image"
+  nothing_mounted
+}
+
+@test "--probe with -d or -p is a usage error (exit 2)" {
+  truncate -s 1M img
+  run "$FDE" --probe -d img
+  assert_failure 2
+  run "$FDE" --probe -p x.pid img
+  assert_failure 2
+  [ ! -e x.pid ] || fail "a pid file was written"
+}
+
+@test "--long-options lists every long option, one per line" {
+  run "$FDE" --long-options
+  assert_success
+  local o
+  for o in $LONG_OPTIONS; do
+    has_line "--$o" || fail "--long-options does not list --$o"
+  done
+  # one option per line, each looking like an option
+  refute_line --regexp '^[^-]|^-[^-]|[[:space:]]'
+}
+
+@test "--short-options lists every short option, one per line" {
+  run "$FDE" --short-options
+  assert_success
+  local o
+  for o in d p f r m n q v h V; do
+    has_line "-$o" || fail "--short-options does not list -$o"
+  done
+  refute_line --regexp '^[^-]|^-.{2,}|:'
+}
+
+@test "every long option is documented in the man page" {
+  local man="${FDE_SRCDIR:-$BATS_TEST_DIRNAME/..}/man/fuse-disk-export.1"
+  [ -f "$man" ] || skip "man/fuse-disk-export.1 is not written yet"
+  run "$FDE" --long-options
+  assert_success
+  # roff writes '-' as '\-'; undo that before searching
+  local text o
+  text=$(sed 's/\\-/-/g; s/\\f[BIRP]//g' "$man")
+  for o in $output; do
+    [[ "$text" == *"$o"* ]] || fail "$o is not in $man"
+  done
+  run "$FDE" --short-options
+  for o in $output; do
+    [[ "$text" == *"$o"* ]] || fail "$o is not in $man"
+  done
+}
