@@ -125,6 +125,9 @@ void fde_disk_close(struct fde_disk *disk);
  * returns 0 or -errno. */
 int fde_pread_full(int fd, void *buf, size_t len, uint64_t off);
 
+/* Bytes of storage a file uses on its file system (0 if unknown). */
+uint64_t fde_file_allocated(int fd);
+
 /* pwrite() that retries short writes and EINTR; 0 or -errno. */
 int fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 

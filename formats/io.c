@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "format.h"
@@ -30,6 +31,16 @@ fde_pread_full(int fd, void *buf, size_t len, uint64_t off)
     len -= (size_t) r;
   }
   return 0;
+}
+
+uint64_t
+fde_file_allocated(int fd)
+{
+  struct stat st;
+
+  if (fstat(fd, &st) == -1)
+    return 0;
+  return (uint64_t) st.st_blocks * 512;
 }
 
 int

@@ -184,11 +184,7 @@ raw_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
 static uint64_t
 raw_allocated_bytes(struct fde_disk *d)
 {
-  struct stat st;
-
-  if (fstat(to_raw(d)->fd, &st) == -1)
-    return 0;
-  return (uint64_t) st.st_blocks * 512;
+  return fde_file_allocated(to_raw(d)->fd);
 }
 
 static void

@@ -936,11 +936,7 @@ fail:
 static uint64_t
 qcow2_allocated_bytes(struct fde_disk *d)
 {
-  struct stat st;
-
-  if (fstat(to_qcow2(d)->fd, &st) == -1)
-    return 0;
-  return (uint64_t) st.st_blocks * 512;
+  return fde_file_allocated(to_qcow2(d)->fd);
 }
 
 /* Print a string from the image with control characters made visible. */
