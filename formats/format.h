@@ -37,6 +37,7 @@ struct fde_disk {
 /* Devices and inodes of the layers opened so far, for loop detection. */
 #define FDE_MAX_CHAIN 32  /* documented cap on backing-chain depth */
 struct fde_chain {
+  const char *top;                  /* the image being exported */
   unsigned depth;                   /* layers recorded */
   dev_t dev[FDE_MAX_CHAIN];
   ino_t ino[FDE_MAX_CHAIN];
@@ -142,5 +143,9 @@ void fde_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void fde_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void fde_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void fde_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* While a backing layer opens, prefix messages with the exported image's
+ * name (NULL: no prefix), so a refusal deep in a chain says which export
+ * it belongs to.  Opens happen before any thread starts. */
+void fde_log_context(const char *image);
 
 #endif /* FDE_FORMAT_H */

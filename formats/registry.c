@@ -39,6 +39,10 @@ fde_format_probe(const uint8_t *buf, size_t len)
   return best;
 }
 
+static int open_layer(const struct fde_format *format,
+                      const struct fde_open_params *params,
+                      struct fde_disk **out);
+
 /* Record the layer's (dev, ino); refuse a repeat or one layer too many. */
 static int
 chain_record(const struct fde_open_params *params)
@@ -74,6 +78,25 @@ chain_record(const struct fde_open_params *params)
 int
 fde_disk_open(const struct fde_format *format,
               const struct fde_open_params *params, struct fde_disk **out)
+{
+  struct fde_chain *chain = params->chain;
+  bool nested = chain != NULL && chain->depth > 0;
+  int r;
+
+  if (chain != NULL && chain->depth == 0)
+    chain->top = params->path;
+  if (nested)
+    fde_log_context(chain->top);
+  r = open_layer(format, params, out);
+  if (nested)
+    fde_log_context(NULL);
+  return r;
+}
+
+/* fde_disk_open for one layer: record it, lock it, probe, open. */
+static int
+open_layer(const struct fde_format *format,
+           const struct fde_open_params *params, struct fde_disk **out)
 {
   int r = chain_record(params);
 

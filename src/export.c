@@ -48,7 +48,9 @@ check_not_mounted(const char *abspath)
 static int
 open_image_file(struct export *exp, const char *abspath, int *fdp)
 {
-  int flags = (exp->opts->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  /* O_NONBLOCK so that a FIFO cannot hang us; cleared below. */
+  int flags = (exp->opts->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC
+    | O_NONBLOCK;
   int fd = open(abspath, flags);
 
   if (fd == -1) {
@@ -61,7 +63,8 @@ open_image_file(struct export *exp, const char *abspath, int *fdp)
       fde_error("%s: %s", exp->image, strerror(err));
     return err == EISDIR ? EXIT_IMAGE : EXIT_FAIL;
   }
-  if (fstat(fd, &exp->image_st) == -1 || !S_ISREG(exp->image_st.st_mode)) {
+  if (fstat(fd, &exp->image_st) == -1 || !S_ISREG(exp->image_st.st_mode)
+      || fcntl(fd, F_SETFL, 0) == -1) {
     fde_error("%s: not a regular file", exp->image);
     close(fd);
     return EXIT_IMAGE;

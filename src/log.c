@@ -10,6 +10,13 @@
 
 static bool use_syslog;
 static int verbosity;
+static const char *context;     /* see fde_log_context */
+
+void
+fde_log_context(const char *image)
+{
+  context = image;
+}
 
 void
 log_to_syslog(void)
@@ -32,7 +39,8 @@ vlog(int priority, const char *prefix, const char *fmt, va_list ap)
     return;
   }
   flockfile(stderr);
-  fprintf(stderr, "fuse-disk-export: %s", prefix);
+  fprintf(stderr, "fuse-disk-export: %s%s%s", context ? context : "",
+          context ? ": " : "", prefix);
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   funlockfile(stderr);

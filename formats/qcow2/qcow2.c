@@ -464,7 +464,7 @@ check_features(struct open_ctx *c)
   }
   if ((in & QCOW2_INCOMPAT_CORRUPT) && !c->p->read_only) {
     fde_error("%s: image is marked corrupt; it can only be opened read-only "
-              "(use -r)", path);
+              "(use -r); 'qemu-img check -r all' may repair it", path);
     return -EACCES;
   }
   if ((in & QCOW2_INCOMPAT_DIRTY) && !c->p->read_only) {
@@ -689,7 +689,8 @@ static int
 open_backing_fd(const struct fde_open_params *p, const char *path)
 {
   struct stat st;
-  int err, fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO named by a hostile image must not hang. */
+  int err, fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 
   if (fd == -1) {
     err = errno;
@@ -703,7 +704,7 @@ open_backing_fd(const struct fde_open_params *p, const char *path)
     return -err;
   }
   if (S_ISREG(st.st_mode) || (S_ISBLK(st.st_mode) && p->allow_bdev_backing))
-    return fd;
+    return fcntl(fd, F_SETFL, 0) == 0 ? fd : (close(fd), -errno);
   fde_error("%s: backing file %s is not a regular file%s", p->path, path,
             S_ISBLK(st.st_mode) ? " (block devices need the option to allow "
             "them)" : "");

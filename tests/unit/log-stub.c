@@ -7,11 +7,20 @@
 
 #include "format.h"
 
+static const char *context;
+
+void
+fde_log_context(const char *image)
+{
+  context = image;
+}
+
 /* Print one prefixed line to stderr. */
 static void
 log_line(const char *level, const char *fmt, va_list ap)
 {
-  fprintf(stderr, "%s: ", level);
+  fprintf(stderr, "%s: %s%s", level, context ? context : "",
+          context ? ": " : "");
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
 }
