@@ -290,10 +290,16 @@ flush_disk(struct export *exp)
   return exp->disk->format->flush(exp->disk);
 }
 
-/** close(): make the writes durable before the last close returns. */
+/** close(): make the writes durable before the last close returns.  A
+ * descriptor opened for reading wrote nothing, and must not be told about
+ * another writer's failure (say, ENOSPC). */
 static void
 fde_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+  if ((fi->flags & O_ACCMODE) == O_RDONLY) {
+    fuse_reply_err(req, 0);
+    return;
+  }
   fuse_reply_err(req, -flush_disk(export_of(req)));
 }
 

@@ -176,6 +176,12 @@ new_l2_table(struct qcow2_disk *q, uint64_t l1_index,
   if (old != 0 && (r = qcow2_l2_get(q, old, &src)) < 0)
     return r;
   r = qcow2_alloc_cluster(q, &host);
+  /* Write the new table's first contents at once, though nothing points
+   * at it yet: the file gets its blocks now, so that flush, which rewrites
+   * the table in place, cannot fail for lack of space later. */
+  if (r == 0)
+    r = fde_pwrite_full(q->fd, old ? (const void *) src.table : q->zeros,
+                        q->cluster_size, host);
   if (r == 0)
     r = qcow2_l2_install(q, host, old ? src.table : NULL, ref);
   if (old != 0)

@@ -868,6 +868,9 @@ open_for_writing(struct open_ctx *c)
       || (r = qcow2_refs_find_end(q)) < 0
       || (r = clear_unknown_autoclear(q)) < 0)
     return r;
+  q->zeros = calloc(1, q->cluster_size);
+  if (q->zeros == NULL)
+    return -ENOMEM;
   q->disk.read_only = false;
   return 0;
 }
@@ -883,6 +886,7 @@ free_disk(struct qcow2_disk *q)
   free(q->reftable);
   free(q->free_map);
   free(q->frees);
+  free(q->zeros);
   fde_disk_close(q->backing);
   qcow2_l2_cache_free(q->l2_cache);
   qcow2_zcache_free(q->zcache);

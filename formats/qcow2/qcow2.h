@@ -241,6 +241,7 @@ struct qcow2_disk {
   pthread_rwlock_t map_lock;    /* L1/L2 entries: lookups vs updates */
   uint32_t l1_dirty_lo, l1_dirty_hi;    /* L1 entries not yet written */
   struct qcow2_free *frees;     /* references to drop after the next sync */
+  void *zeros;                  /* one cluster of zeros (writable images) */
   size_t nr_frees, cap_frees;
 };
 

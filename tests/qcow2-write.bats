@@ -1,0 +1,491 @@
+#!/usr/bin/env bats
+# The qcow2 write path: randomized workloads mirrored on a raw model over a
+# matrix of image kinds, fio with verification, a crash (SIGKILL) in the
+# middle of fsync'd writes, dirty and locked images, a full host file
+# system, a file system made on a partition of the view, punch/zero.
+#
+# After every export the image must pass `qemu-img check`, compare equal
+# to the model, and keep its snapshots and backing files unchanged.  The
+# workload seeds are fixed per test (FDE_WRITE_SEED adds an offset, to
+# explore); a failure names its case, seed and operation index, and
+# reproduces with tests/write-workload.py (see tests/write-soak.sh).
+
+load helpers
+load qcow2-write-cases
+
+WORKLOAD="$BATS_TEST_DIRNAME/write-workload.py"
+WRITER="$BATS_TEST_DIRNAME/fsync-writer.py"
+SEED_OFFSET=${FDE_WRITE_SEED:-0}
+
+setup() {
+  requires qemu-img
+  requires qemu-io
+  requires_python
+  common_setup
+}
+
+# Undo what a test stacked on the views (file systems on loop devices, loop
+# devices, a tmpfs holding the image) and stop the exports, in that order.
+teardown() {
+  if [ -n "${WORK:-}" ]; then
+    local m dev back pidf
+    for m in $(awk -v w="$WORK/" 'index($5, w) == 1 && $9 != "fuse.fuse-disk-export" && $9 != "tmpfs" { print $5 }' /proc/self/mountinfo | sort -r); do
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
+    if command -v losetup >/dev/null 2>&1; then
+      while read -r dev back; do
+        case "$back" in "$WORK"/*) losetup -d "$dev" 2>/dev/null ;; esac
+      done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
+    fi
+    for pidf in "$WORK"/*.pid "$WORK"/tmpfs/*.pid; do
+      [ -f "$pidf" ] || continue
+      kill -TERM "$(cat "$pidf")" 2>/dev/null
+      wait_gone "$pidf" || true
+    done
+    # a FUSE connection whose daemon was killed but hangs (see the
+    # SIGKILL test): abort it, or the kernel keeps its users waiting
+    abort_dead_connections
+    for m in $(awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
+  fi
+  common_teardown
+}
+
+# Abort the FUSE connections recorded in $WORK/fuse-conns (one device
+# number a line) whose daemon is gone or hung; needs fusectl.
+ensure_fusectl() {
+  [ -d /sys/fs/fuse/connections ] || return 1
+  mountpoint -q /sys/fs/fuse/connections ||
+    mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null
+}
+abort_dead_connections() {
+  [ -f "$WORK/fuse-conns" ] || return 0
+  ensure_fusectl || return 0
+  local c
+  while read -r c; do
+    [ -w "/sys/fs/fuse/connections/$c/abort" ] &&
+      echo 1 >"/sys/fs/fuse/connections/$c/abort" 2>/dev/null
+  done <"$WORK/fuse-conns"
+  rm -f "$WORK/fuse-conns"
+}
+# Remember the FUSE connection of the view on $1.
+note_connection() {
+  awk -v p="$1" '$5 == p { split($3, d, ":"); print d[2] }' /proc/self/mountinfo >>"$WORK/fuse-conns"
+}
+
+# Is the dirty (bit 0) or corrupt (bit 1) incompatible feature set in the
+# qcow2 v3 header of $1?  Prints the low byte of incompatible_features
+# (header bytes 72..79, big-endian), or "v2".
+incompat_low_byte() {
+  "$PYTHON" - "$1" <<'PY'
+import struct, sys
+h = open(sys.argv[1], "rb").read(80)
+v = struct.unpack(">I", h[4:8])[0]
+print("v2" if v < 3 else h[79])
+PY
+}
+
+# After an export: the image is consistent, equals the model, keeps its
+# snapshots and backing file, and has neither the dirty nor the corrupt
+# bit set.  $1 names the case for messages.
+check_image() {
+  run qemu-img check img.qcow2
+  [ "$status" = 0 ] || fail "$1: qemu-img check exited $status:
+$output"
+  run qemu-img compare -f qcow2 -F raw img.qcow2 model
+  [ "$status" = 0 ] || fail "$1: the image differs from the model (exit $status): $output"
+  record_state state.after
+  run diff state.before state.after
+  [ "$status" = 0 ] || fail "$1: snapshots or backing file changed:
+$output"
+  local b
+  b=$(incompat_low_byte img.qcow2)
+  [ "$b" = v2 ] || [ $((b & 3)) = 0 ] ||
+    fail "$1: incompatible features low byte is $b after the revert (dirty/corrupt)"
+}
+
+# run_case NAME SEED OPS: build the image, take the model, then two export
+# sessions (the second reuses clusters the first freed), each running the
+# workload and checked afterwards.
+run_case() {
+  local name=$1 seed=$(($2 + SEED_OFFSET)) ops=$3 session s n
+  make_case "$name" || fail "cannot build the $name image"
+  run qemu-img check img.qcow2
+  [ "$status" = 0 ] || fail "the $name image is bad before the test: $output"
+  record_state state.before
+  qemu-img convert -O raw img.qcow2 model
+  for session in 1 2; do
+    s=$((seed + session - 1))
+    n=$((session == 1 ? ops : ops / 2))
+    start_export img.qcow2 || fail "$name: export (session $session) failed"
+    run "$PYTHON" "$WORKLOAD" "$WORK/img.qcow2" "$WORK/model" "$n" "$s"
+    [ "$status" = 0 ] ||
+      fail "$name session $session: write-workload.py VIEW MODEL $n $s failed: $output"
+    stop_export || fail "$name session $session: the export did not stop"
+    wait_unmounted "$WORK/img.qcow2"
+    check_image "$name (session $session, seed $s, $n ops)"
+  done
+}
+
+# --- 2. the matrix ----------------------------------------------------------
+
+@test "workload: empty image" { run_case empty 101 300; }
+@test "workload: fully allocated image" { run_case full 102 300; }
+@test "workload: preallocation=metadata" { run_case prealloc-metadata 103 300; }
+@test "workload: v2 (compat=0.10) with 4 KiB clusters" { run_case v2-4k 104 300; }
+@test "workload: 512-byte clusters" { run_case c512 105 300; }
+@test "workload: 2 MiB clusters" { run_case c2m 106 300; }
+@test "workload: zlib-compressed clusters" { run_case zlib 107 300; }
+@test "workload: zstd-compressed clusters" { run_case zstd 108 300; }
+@test "workload: refcount_bits=1" { run_case refcount1 109 300; }
+@test "workload: refcount_bits=64" { run_case refcount64 110 300; }
+@test "workload: lazy_refcounts=on" { run_case lazy 111 300; }
+@test "workload: extended_l2=on with partial and zero subclusters" { run_case extl2 112 300; }
+@test "workload: extended_l2=on over a backing file" { run_case extl2-backing 113 300; }
+@test "workload: internal snapshots stay intact" { run_case snapshot 114 300; }
+@test "workload: top of a backing chain; the base stays byte-identical" { run_case chain 115 300; }
+@test "workload: v2 backing chain" { run_case chain-v2 116 300; }
+@test "workload: backing file shorter than the top" { run_case chain-short-base 117 300; }
+@test "workload: size not a cluster multiple" { run_case odd-size 118 300; }
+
+# --- 3. fio -------------------------------------------------------------------
+
+@test "fio randwrite with crc32c verification: 2 jobs x iodepth 16, then small blocks in shared clusters" {
+  requires fio
+  qemu-img create -q -f qcow2 img.qcow2 256M
+  start_export img.qcow2
+  # disjoint 96 MiB regions, blocks of 4..256 KiB
+  run fio --name=big --filename="$WORK/img.qcow2" --rw=randwrite \
+    --bsrange=4k-256k --ioengine=libaio --direct=1 --iodepth=16 \
+    --numjobs=2 --size=96M --offset_increment=128M \
+    --verify=crc32c --do_verify=1 --verify_fatal=1 --group_reporting
+  [ "$status" = 0 ] || fail "fio (4k-256k) failed: $output"
+  assert_output --regexp "err= *0"
+  refute_output --partial "verify: bad"
+  # 512 B..16 KiB blocks: many writes in flight inside one cluster, over
+  # the data the first job left (in-place rewrites) and over the 32 MiB
+  # it did not touch (allocation races)
+  run fio --name=small --filename="$WORK/img.qcow2" --rw=randwrite \
+    --bsrange=512-16k --blockalign=512 --ioengine=libaio --direct=1 \
+    --iodepth=32 --numjobs=4 --size=6M --offset_increment=33M \
+    --offset=93M --verify=crc32c --do_verify=1 --verify_fatal=1 \
+    --group_reporting
+  [ "$status" = 0 ] || fail "fio (512-16k) failed: $output"
+  assert_output --regexp "err= *0"
+  stop_export
+  wait_unmounted "$WORK/img.qcow2"
+  run qemu-img check img.qcow2
+  [ "$status" = 0 ] || fail "qemu-img check after fio exited $status: $output"
+}
+
+# --- 4. SIGKILL during fsync'd writes ---------------------------------------
+
+@test "SIGKILL mid-run: every block acknowledged by fsync is intact, check finds leaks at most" {
+  qemu-img create -q -f qcow2 img.qcow2 256M
+  start_export img.qcow2
+  note_connection "$WORK/img.qcow2"
+  local seed=$((401 + SEED_OFFSET)) writer hung=
+  "$PYTHON" "$WRITER" write "$WORK/img.qcow2" "$WORK/acks" "$seed" \
+    >"$WORK/writer.out" 2>&1 3>&- &
+  writer=$!
+  # let it write for a while
+  sleep 1.5
+  [ -s "$WORK/acks" ] || fail "no batch acknowledged after 1.5 s: $(cat "$WORK/writer.out")"
+  kill -9 "$EXPORT_PID"
+  local i
+  for i in $(seq 50); do
+    alive "$EXPORT_PID" || break
+    sleep 0.1
+  done
+  if alive "$EXPORT_PID"; then
+    hung="the daemon did not exit within 5 s of SIGKILL (threads: $(for t in /proc/"$EXPORT_PID"/task/*; do echo -n "$(basename "$t"):$(awk '/^State:/ {print $2}' "$t/status"):$(cat "$t/wchan") "; done))"
+    # get on with the data checks: end the connection by hand
+    abort_dead_connections
+    wait_pid_gone "$EXPORT_PID" || true
+  fi
+  # the writer must stop with an error, not hang
+  for i in $(seq 100); do
+    kill -0 "$writer" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$writer" 2>/dev/null; then
+    abort_dead_connections
+    kill -9 "$writer" 2>/dev/null
+    fail "the writer hung after the daemon was killed${hung:+; $hung}"
+  fi
+  wait "$writer" || true
+  run cat "$WORK/writer.out"
+  assert_output --partial "stopped after"
+  # clear the dead mount
+  fusermount3 -u "$WORK/img.qcow2" 2>/dev/null || umount -l "$WORK/img.qcow2"
+  wait_unmounted "$WORK/img.qcow2"
+  rm -f "$EXPORT_PIDFILE"
+  run timeout 30 qemu-img check img.qcow2
+  [ "$status" = 0 ] || [ "$status" = 3 ] ||
+    fail "qemu-img check after SIGKILL exited $status (0 or 3 = leaks only allowed):
+$output"
+  qemu-img convert -O raw img.qcow2 disk.raw
+  run "$PYTHON" "$WRITER" verify disk.raw "$WORK/acks" "$seed"
+  [ "$status" = 0 ] || fail "after SIGKILL: $output"
+  [ -z "$hung" ] || fail "$hung"
+}
+
+# --- 5. a dirty image -------------------------------------------------------
+
+@test "a dirty image is refused for writing, exported with -r, writable after qemu-img check -r all" {
+  qemu-img create -q -f qcow2 -o lazy_refcounts=on img.qcow2 16M
+  # qemu-io dies by SIGKILL after a write with lazy refcounts: dirty bit set
+  qemu-io -c 'write -P 0x5c 0 1M' -c 'sigraise 9' img.qcow2 >/dev/null 2>&1 || true
+  [ "$(incompat_low_byte img.qcow2)" = 1 ] ||
+    fail "setup: the dirty bit is not set ($(incompat_low_byte img.qcow2))"
+  local sum
+  sum=$(sha img.qcow2)
+  run "$FDE" -dp "$WORK/fde-x.pid" img.qcow2 3>&-
+  assert_failure 3
+  assert_output --partial "image is dirty, open with -r or run qemu-img check -r all"
+  [ "$(sha img.qcow2)" = "$sum" ] || fail "the refused open changed the image"
+  nothing_mounted
+  # read-only works and reads the data
+  start_export -r img.qcow2
+  run "$PYTHON" -c '
+import sys
+d = open(sys.argv[1], "rb").read(2 << 20)
+sys.exit(0 if d[:1 << 20] == b"\x5c" * (1 << 20) and d[1 << 20:] == bytes(1 << 20) else 1)' "$WORK/img.qcow2"
+  [ "$status" = 0 ] || fail "the read-only view of the dirty image reads wrong data"
+  stop_export
+  [ "$(sha img.qcow2)" = "$sum" ] || fail "the read-only export changed the dirty image"
+  # repaired, it exports writable and stays clean
+  qemu-img check -q -r all img.qcow2 >/dev/null
+  [ "$(incompat_low_byte img.qcow2)" = 0 ] || fail "still dirty after qemu-img check -r all"
+  qemu-img convert -O raw img.qcow2 model
+  record_state state.before
+  start_export img.qcow2
+  run "$PYTHON" "$WORKLOAD" "$WORK/img.qcow2" "$WORK/model" 200 $((501 + SEED_OFFSET))
+  [ "$status" = 0 ] || fail "workload on the repaired image: $output"
+  stop_export
+  wait_unmounted "$WORK/img.qcow2"
+  check_image "repaired dirty image"
+}
+
+# --- 6. locking ---------------------------------------------------------------
+
+@test "locks: refused while qemu-io writes the image; while exported, qemu-io cannot write the view but can read it" {
+  qemu-img create -q -f qcow2 img.qcow2 16M
+  qemu-io -f qcow2 -c 'sleep 100000' img.qcow2 >/dev/null 2>&1 3>&- &
+  local qio_pid=$! ino i
+  echo "$qio_pid" >"$WORK/qemu-io.pid"
+  ino=$(stat -c %i img.qcow2)
+  # wait until qemu-io holds its locks
+  for i in $(seq 100); do
+    grep -q ":$ino " /proc/locks && break
+    sleep 0.05
+  done
+  run "$FDE" -dp "$WORK/fde-x.pid" img.qcow2 3>&-
+  assert_failure 3
+  assert_output --partial "in use"
+  nothing_mounted
+  kill "$qio_pid"
+  wait "$qio_pid" 2>/dev/null || true
+  rm -f "$WORK/qemu-io.pid"
+  start_export img.qcow2
+  run qemu-io -f raw -c 'write 0 512' img.qcow2
+  assert_failure
+  assert_output --partial 'Failed to get "write" lock'
+  run qemu-io -r -f raw -c 'read -P 0 0 64k' img.qcow2
+  assert_success
+  refute_output --partial "Pattern verification failed"
+  # the writable export itself still works
+  printf 'through the view' | dd of=img.qcow2 bs=1 seek=4096 conv=notrunc status=none
+  stop_export
+  wait_unmounted "$WORK/img.qcow2"
+  run qemu-io -f qcow2 -c "read -P 0 0 4096" -c "read -v 4096 16" img.qcow2
+  assert_success
+  assert_output --partial "through.the.view"
+  run qemu-img check img.qcow2
+  assert_success
+}
+
+# --- 7. the host file system fills up ---------------------------------------
+
+@test "ENOSPC from the host file system reaches the writer; the daemon lives on; fsync'd data survives; the image stays consistent" {
+  requires_root
+  mkdir tmpfs
+  mount -t tmpfs -o size=24M fdetmpfs "$WORK/tmpfs" || skip "cannot mount a tmpfs"
+  cd tmpfs
+  qemu-img create -q -f qcow2 img.qcow2 64M
+  start_export img.qcow2
+  # acknowledged before the file system fills up: must survive
+  "$PYTHON" -c '
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(fd, b"\xab" * (2 << 20), 0)
+os.pwrite(fd, b"\xcd" * (1 << 20) + b"\xce" * 1000, 50 << 20)
+os.fsync(fd)' "$WORK/tmpfs/img.qcow2"
+  run dd if=/dev/urandom of=img.qcow2 bs=1M seek=3 count=61 conv=notrunc,fsync
+  assert_failure
+  assert_output --partial "No space left on device"
+  alive "$EXPORT_PID" || fail "the daemon died on ENOSPC"
+  # reads still work: every byte of the disk can be read
+  run "$PYTHON" -c '
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.lseek(fd, 0, os.SEEK_END)
+n = sum(len(os.pread(fd, 1 << 20, p)) for p in range(0, size, 1 << 20))
+assert n == size, (n, size)
+assert os.pread(fd, 2 << 20, 0) == b"\xab" * (2 << 20), "data at 0"
+print("read", n)' "$WORK/tmpfs/img.qcow2"
+  assert_success
+  kill -0 "$EXPORT_PID" || fail "the daemon died after ENOSPC"
+  # an ordinary reader (dd checks close) should succeed too: closing a
+  # read-only descriptor should not report the writers' ENOSPC (checked
+  # at the end, after the image checks)
+  local reader_err=
+  run dd if=img.qcow2 of=/dev/null bs=1M
+  [ "$status" = 0 ] || reader_err="reading the view after ENOSPC failed: $output"
+  stop_export
+  wait_unmounted "$WORK/tmpfs/img.qcow2"
+  run qemu-img check img.qcow2
+  [ "$status" = 0 ] || [ "$status" = 3 ] ||
+    fail "qemu-img check after ENOSPC exited $status:
+$output"
+  run qemu-io -f qcow2 -c 'read -P 0xab 0 2M' -c 'read -P 0xcd 50M 1M' \
+    -c 'read -P 0xce 51M 1000' img.qcow2
+  assert_success
+  refute_output --partial "verification failed"
+  cd "$WORK"
+  run qemu-img convert -O raw tmpfs/img.qcow2 after.raw
+  assert_success
+  umount "$WORK/tmpfs"
+  [ -z "$reader_err" ] || fail "$reader_err"
+}
+
+# --- 8. the seed example ------------------------------------------------------
+
+@test "parted + losetup + mkfs.ext4 on the qcow2 view; the file reads back via -r export and via qemu-img convert" {
+  requires_root
+  requires parted
+  requires losetup
+  requires mkfs.ext4
+  requires sfdisk
+  qemu-img create -q -f qcow2 disk.qcow2 256M
+  start_export disk.qcow2
+  run parted -s disk.qcow2 mklabel msdos mkpart primary ext4 1MiB 100%
+  assert_success
+  local start size dev
+  read -r start size < <(sfdisk -d disk.qcow2 | awk -F'[=,]' '/^disk.qcow2p?1 :/ { gsub(/ /, ""); print $2, $4 }')
+  [ "$start" = 2048 ] || fail "partition 1 starts at sector '$start': $(sfdisk -d disk.qcow2)"
+  dev=$(losetup -o $((start * 512)) --sizelimit $((size * 512)) -f --show disk.qcow2) ||
+    fail "losetup on the view failed"
+  run mkfs.ext4 -q -F "$dev"
+  assert_success
+  mkdir mnt
+  mount "$dev" mnt || fail "cannot mount the new file system"
+  "$PYTHON" -c 'import random,sys; sys.stdout.buffer.write(random.Random(8).randbytes(5 << 20))' >payload
+  cp payload mnt/payload
+  echo hello >mnt/hello
+  umount mnt
+  losetup -d "$dev"
+  stop_export
+  wait_unmounted "$WORK/disk.qcow2"
+  run qemu-img check disk.qcow2
+  assert_success
+  # (a) through a fresh read-only export
+  start_export -r disk.qcow2
+  dev=$(losetup -r -o $((start * 512)) --sizelimit $((size * 512)) -f --show disk.qcow2)
+  mount -o ro "$dev" mnt || fail "cannot mount the file system through a -r export"
+  cmp payload mnt/payload || fail "payload differs through the -r export"
+  [ "$(cat mnt/hello)" = hello ]
+  umount mnt
+  losetup -d "$dev"
+  stop_export
+  wait_unmounted "$WORK/disk.qcow2"
+  # (b) through QEMU's own reading of the image
+  qemu-img convert -O raw disk.qcow2 disk.raw
+  dev=$(losetup -r -o $((start * 512)) --sizelimit $((size * 512)) -f --show disk.raw)
+  mount -o ro "$dev" mnt || fail "cannot mount the file system from qemu-img convert's output"
+  cmp payload mnt/payload || fail "payload differs in qemu-img convert's output"
+  umount mnt
+  losetup -d "$dev"
+  run qemu-img check disk.qcow2
+  assert_success
+}
+
+# --- 9. punch, zero, the end, read-only ------------------------------------
+
+@test "punch-hole and zero-range on a qcow2 view read back zeros at once and after the revert, also over a backing file and compressed clusters" {
+  requires fallocate
+  qemu-img create -q -f qcow2 base.qcow2 8M
+  qio -c 'write -P 0xba 0 8M' base.qcow2
+  deterministic_raw src.raw 8
+  qemu-img convert -c -O qcow2 -B base.qcow2 -F qcow2 src.raw img.qcow2 2>/dev/null ||
+    { qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 img.qcow2
+      qio -c 'write -c -P 0x33 0 1M' img.qcow2; }
+  qio -c 'write -P 0x5a 2M 2M' -c 'write -P 0x5b 6149k 100k' img.qcow2
+  record_state state.before
+  qemu-img convert -O raw img.qcow2 model
+  start_export img.qcow2
+  local spec off len mode
+  # offset length mode: partial clusters, whole clusters, spans, over
+  # compressed data, over backing-only data, straddling the end
+  for spec in "100 1000 p" "65536 65536 p" "70000 200000 z" "2M+3 64k p" \
+              "3M 1M z" "6M+4k 8k p" "6M+64k 128k z" "7M+12345 1M p" \
+              "1M+512 512 z" "5M 4k p"; do
+    read -r off len mode <<<"$spec"
+    off=${off//M/*1048576}; off=$((${off//k/*1024}))
+    len=${len//M/*1048576}; len=$((${len//k/*1024}))
+    if [ "$mode" = p ]; then
+      fallocate --punch-hole --keep-size -o "$off" -l "$len" img.qcow2
+    else
+      fallocate --zero-range -o "$off" -l "$len" img.qcow2
+    fi || fail "fallocate $spec failed"
+    [ $((off + len)) -le $((8 << 20)) ] || len=$(((8 << 20) - off))
+    "$PYTHON" -c 'import os,sys; fd=os.open("model",os.O_RDWR); os.pwrite(fd, bytes(int(sys.argv[2])), int(sys.argv[1]))' "$off" "$len"
+    run "$PYTHON" -c 'import os,sys; fd=os.open(sys.argv[1],os.O_RDONLY); d=os.pread(fd,int(sys.argv[3]),int(sys.argv[2])); sys.exit(0 if d==bytes(len(d)) and len(d)==int(sys.argv[3]) else 1)' "$WORK/img.qcow2" "$off" "$len"
+    [ "$status" = 0 ] || fail "range $spec does not read back as zeros at once"
+  done
+  cmp img.qcow2 model || fail "the view differs from the model before the revert"
+  stop_export
+  wait_unmounted "$WORK/img.qcow2"
+  check_image "punch/zero"
+}
+
+@test "writes past the end get ENOSPC, a write across the end is cut short; -r refuses writes and leaves the image byte-identical" {
+  qemu-img create -q -f qcow2 img.qcow2 $((4 * 1048576 + 512))
+  start_export img.qcow2
+  run dd if=/dev/zero of=img.qcow2 bs=512 seek=$((8193)) count=1 conv=notrunc
+  assert_failure
+  assert_output --partial "No space left on device"
+  run "$PYTHON" -c '
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+size = os.lseek(fd, 0, os.SEEK_END)
+n = os.pwrite(fd, b"\xee" * 4096, size - 100)
+assert n == 100, n
+assert os.pread(fd, 200, size - 150) == bytes(50) + b"\xee" * 100, "tail"
+os.fsync(fd)' "$WORK/img.qcow2"
+  assert_success
+  stop_export
+  wait_unmounted "$WORK/img.qcow2"
+  run qemu-io -f qcow2 -c "read -P 0xee $((4 * 1048576 + 412)) 100" -c "read -P 0 $((4 * 1048576 + 362)) 50" img.qcow2
+  assert_success
+  refute_output --partial "verification failed"
+  run qemu-img check img.qcow2
+  assert_success
+  # read-only
+  local sum
+  sum=$(sha img.qcow2)
+  start_export -r img.qcow2
+  run dd if=/dev/zero of=img.qcow2 bs=512 count=1 conv=notrunc
+  assert_failure
+  assert_output --partial "Read-only file system"
+  run fallocate --punch-hole --keep-size -o 0 -l 65536 img.qcow2
+  assert_failure
+  run "$PYTHON" -c 'import os, sys; os.open(sys.argv[1], os.O_WRONLY)' "$WORK/img.qcow2"
+  assert_failure
+  # reads work: zeros, then the tail written above
+  cmp -n $((4 << 20)) img.qcow2 /dev/zero || fail "the -r view reads wrong data"
+  stop_export
+  wait_unmounted "$WORK/img.qcow2"
+  [ "$(sha img.qcow2)" = "$sum" ] || fail "the -r export changed the image"
+}
