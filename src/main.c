@@ -119,14 +119,24 @@ wait_for_signal(const sigset_t *set, struct export *exps, int n)
   }
 }
 
+/* The one line a user at a terminal waits for: every view is live. */
 static void
 announce(struct export *exps, int n)
 {
+  char *line = NULL;
+  size_t size = 0;
+  FILE *f = open_memstream(&line, &size);
+
+  if (f == NULL)
+    return;
   for (int i = 0; i < n; i++)
-    log_message("%s: %s image shown as a raw disk on %s%s", exps[i].image,
-                exps[i].disk->format->name, exps[i].mountpoint,
-                exps[i].disk->read_only ? " (read-only)" : "");
-  log_message("Press ^C to revert.");
+    fprintf(f, "%s%s: %s image shown as a raw disk on %s%s", i ? "; " : "",
+            exps[i].image, exps[i].disk->format->name, exps[i].mountpoint,
+            exps[i].disk->read_only ? " (read-only)" : "");
+  fputs("; press ^C to revert", f);
+  fclose(f);
+  log_message("%s", line);
+  free(line);
 }
 
 int

@@ -101,12 +101,11 @@ make_image() {
     # the announcement comes once the view is live
     local i
     for i in $(seq 50); do
-      grep -q "Press ^C to revert." fg.out && break
+      grep -q "press ^C to revert" fg.out && break
       sleep 0.1
     done
     run cat fg.out
-    assert_line "img: raw image shown as a raw disk on $WORK/img"
-    assert_line "Press ^C to revert."
+    assert_line "img: raw image shown as a raw disk on $WORK/img; press ^C to revert"
     kill -"$sig" "$FG_PID"
     rc=0
     wait "$FG_PID" || rc=$?
@@ -273,10 +272,15 @@ PY
 @test "several images in the foreground: one SIGINT reverts all" {
   truncate -s 1M a.img b.img
   start_fg a.img b.img
-  wait_mounted "$WORK/a.img"
+  local i
+  for i in $(seq 50); do
+    grep -q "press ^C to revert" fg.out && break
+    sleep 0.1
+  done
+  is_mounted "$WORK/a.img" && is_mounted "$WORK/b.img" ||
+    fail "not both live when the line was printed"
   run cat fg.out
-  assert_line "a.img: raw image shown as a raw disk on $WORK/a.img"
-  assert_line "b.img: raw image shown as a raw disk on $WORK/b.img"
+  assert_line "a.img: raw image shown as a raw disk on $WORK/a.img; b.img: raw image shown as a raw disk on $WORK/b.img; press ^C to revert"
   kill -INT "$FG_PID"
   wait "$FG_PID"
   nothing_mounted

@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
-# The libFuzzer harnesses (tests/fuzz/) build, and replay without a crash
-# every saved regression input and every seed image.  No fuzzing here: run
-# "make fuzz" or "make fuzz-smoke" for that.
+# The libFuzzer harnesses (tests/fuzz/) build, replay without a crash
+# every saved regression input and every seed image, and survive a short
+# fuzzing run.  Longer runs: "make fuzz".
 
 load helpers
 
@@ -58,4 +58,22 @@ requires_libfuzzer() {
     "$FDE_BUILDDIR/tests/fuzz/fuzz-qcow2-write" -runs=300 -seed=1 \
     -close_fd_mask=2 -artifact_prefix="$WORK/" "$WORK/c"
   [ "$status" = 0 ] || fail "the write harness failed on raw (status $status): $stderr"
+}
+
+@test "a short fuzzing run of each harness finds nothing" {
+  requires_libfuzzer
+  requires qemu-img
+  run make -C "$FDE_BUILDDIR" fuzz-build fuzz-corpus
+  assert_success
+  local h
+  for h in read write; do
+    mkdir -p "$WORK/$h"
+    cp "$FDE_BUILDDIR"/tests/fuzz/work/seeds/* "$WORK/$h/"
+    run --separate-stderr "$FDE_BUILDDIR/tests/fuzz/fuzz-qcow2-$h" \
+      -max_total_time="${FDE_FUZZ_SMOKE_SECONDS:-15}" -seed=1 \
+      -dict="$FDE_SRCDIR/tests/fuzz/qcow2.dict" -max_len=1048576 \
+      -close_fd_mask=2 -timeout=10 -rss_limit_mb=2048 \
+      -artifact_prefix="$WORK/" "$WORK/$h"
+    [ "$status" = 0 ] || fail "fuzz-qcow2-$h found a problem (status $status): $(echo "$stderr" | tail -30)"
+  done
 }
