@@ -10,8 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -200,7 +203,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   int fd = -1, r;
 
   memset(exp, 0, sizeof *exp);
-  exp->view_lock_fd = -1;
+  exp->lock_pipe = -1;
   exp->opts = opts;
   exp->image = image;
   pthread_mutex_init(&exp->sector0_lock, NULL);
@@ -394,7 +397,7 @@ int
 export_wait_live(struct export *exp)
 {
   struct timespec deadline;
-  struct stat st;
+  dev_t dev;
   bool done;
 
   clock_gettime(CLOCK_REALTIME, &deadline);
@@ -406,41 +409,102 @@ export_wait_live(struct export *exp)
       break;
   done = exp->init_done;
   pthread_mutex_unlock(&exp->init_lock);
-  /* A round trip through the view proves the server answers: the stat is
-   * served by the loop's workers, never by this thread. */
-  if (!done || !mount_is_listed(exp->mountpoint)
-      || stat_with_timeout(exp->mountpoint, 30, &st) != 0
-      || st.st_ino != FUSE_ROOT_ID || (uint64_t) st.st_size != exp->disk->size) {
+  /* No thread of ours ever touches the view itself: a request to our own
+   * mount in flight when SIGKILL arrives would never be answered, and the
+   * dying process would hang in the kernel. */
+  if (!done || !mount_device(exp->mountpoint, &dev)) {
     fde_error("%s: the view on %s did not come up", exp->image,
               exp->mountpoint);
     return -1;
   }
-  raise_readahead(st.st_dev);
+  raise_readahead(dev);
   return 0;
+}
+
+/* The lock holder: open the view, take the locks, report one status byte
+ * on fd 3, then wait until fd 4 reaches end of file (the daemon closed it
+ * or died).  It keeps no other descriptor, least of all /dev/fuse (the
+ * connection must end with the daemon), and its view descriptor stays
+ * open: closing it would drop the locks. */
+static void __attribute__((noreturn))
+lock_holder(struct export *exp, int ready, int hold)
+{
+  unsigned char status = 1;
+  char c;
+  int fd;
+
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (dup2(ready, 3) == -1 || dup2(hold, 4) == -1
+      || syscall(SYS_close_range, 5, ~0u, 0) == -1)
+    _exit(1);
+  fd = open(exp->mountpoint, O_RDONLY | O_CLOEXEC);
+  if (fd != -1 && fde_lock_image(fd, exp->image, !exp->disk->read_only) == 0)
+    status = 0;
+  else if (fd == -1)
+    fde_error("%s: cannot open the view: %s", exp->mountpoint,
+              strerror(errno));
+  if (write(3, &status, 1) != 1 || status != 0)
+    _exit(1);
+  /* Let go of the terminal or the pipe that reads -d's messages. */
+  if ((fd = open("/dev/null", O_RDWR)) != -1) {
+    dup2(fd, 0);
+    dup2(fd, 1);
+    dup2(fd, 2);
+  }
+  while (read(4, &c, 1) == -1 && errno == EINTR)
+    ;
+  _exit(0);
 }
 
 /* A program that opens the image's path while it is exported reaches the
  * view, not the file underneath, so the image locks must be visible on the
- * view too: hold them on a descriptor of the view (the kernel keeps FUSE
- * locks itself).  Then QEMU refuses to open the exported image for writing
- * as it would for an image in use.  The loop is running: opening our own
- * mount point from this thread is served by the workers. */
+ * view too (the kernel keeps locks on FUSE files itself): a small child
+ * process holds them on a descriptor of the view, so that QEMU refuses to
+ * open the exported image for writing as it would for an image in use.  A
+ * child, not a thread: no thread of the daemon may wait on its own mount. */
 int
 export_lock_view(struct export *exp)
 {
-  int fd = open(exp->mountpoint, O_RDONLY | O_CLOEXEC);
+  int ready[2], hold[2];
+  unsigned char status = 1;
+  pid_t pid;
 
-  if (fd == -1) {
-    fde_error("%s: cannot open the view: %s", exp->mountpoint,
-              strerror(errno));
+  if (pipe2(ready, O_CLOEXEC) == -1)
+    return -1;
+  if (pipe2(hold, O_CLOEXEC) == -1) {
+    close(ready[0]);
+    close(ready[1]);
     return -1;
   }
-  if (fde_lock_image(fd, exp->image, !exp->disk->read_only) < 0) {
-    close(fd);
-    return -1;
+  fflush(NULL);
+  pid = fork();
+  if (pid == 0)
+    lock_holder(exp, ready[1], hold[0]);
+  close(ready[1]);
+  close(hold[0]);
+  if (pid != -1 && read(ready[0], &status, 1) == 1 && status == 0) {
+    exp->lock_pid = pid;
+    exp->lock_pipe = hold[1];
+    close(ready[0]);
+    return 0;
   }
-  exp->view_lock_fd = fd;
-  return 0;
+  close(ready[0]);
+  close(hold[1]);
+  if (pid != -1)
+    waitpid(pid, NULL, 0);
+  return -1;
+}
+
+/* Let the lock holder go, and wait until it has closed the view. */
+static void
+release_view_locks(struct export *exp)
+{
+  if (exp->lock_pipe == -1)
+    return;
+  close(exp->lock_pipe);
+  exp->lock_pipe = -1;
+  while (waitpid(exp->lock_pid, NULL, 0) == -1 && errno == EINTR)
+    ;
 }
 
 /* Unmount the view; the kernel then ends the connection and the loop.  If
@@ -451,10 +515,7 @@ export_unmount(struct export *exp)
 {
   int r;
 
-  if (exp->view_lock_fd != -1) {
-    close(exp->view_lock_fd);   /* or the unmount would find it busy */
-    exp->view_lock_fd = -1;
-  }
+  release_view_locks(exp);     /* or the unmount would find it busy */
   if (!exp->mounted)
     return;
   r = unmount_path(exp->mountpoint, false);

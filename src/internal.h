@@ -70,7 +70,8 @@ struct export {
   bool loop_running;            /* the loop has not returned yet */
   bool mounted;
   bool unmount_failed;
-  int view_lock_fd;             /* the view, open to hold QEMU's locks, or -1 */
+  pid_t lock_pid;               /* the child holding QEMU's locks on the view */
+  int lock_pipe;                /* closing it lets that child go, or -1 */
   bool init_done;               /* the kernel's FUSE_INIT was answered */
   pthread_mutex_t init_lock;
   pthread_cond_t init_cond;
@@ -97,7 +98,7 @@ enum mount_state { MOUNT_NONE, MOUNT_LIVE, MOUNT_DEAD, MOUNT_OTHER };
 enum mount_state mount_state_of(const char *abspath, char *fstype,
                                 size_t fstype_len);
 bool mount_is_listed(const char *abspath);
-int stat_with_timeout(const char *path, int seconds, struct stat *st);
+bool mount_device(const char *abspath, dev_t *dev);
 int unmount_path(const char *abspath, bool lazy);
 
 /* daemon.c: forking, readiness, pid file, signals. */

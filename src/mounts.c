@@ -35,9 +35,10 @@ unescape(char *s)
   *d = '\0';
 }
 
-/* Find the last (topmost) mount on abspath; copy its type.  true if any. */
+/* Find the last (topmost) mount on abspath; copy its type and device.
+ * true if any. */
 static bool
-find_mount(const char *abspath, char *fstype, size_t fstype_len)
+find_mount(const char *abspath, char *fstype, size_t fstype_len, dev_t *dev)
 {
   FILE *f = fopen("/proc/self/mountinfo", "re");
   char *line = NULL;
@@ -48,12 +49,14 @@ find_mount(const char *abspath, char *fstype, size_t fstype_len)
     return false;
   while (getline(&line, &cap, f) != -1) {
     /* id parent maj:min root mountpoint options [optional...] - type src */
-    char *save = NULL, *field, *mnt = NULL, *type = NULL;
+    char *save = NULL, *field, *mnt = NULL, *type = NULL, *majmin = NULL;
     int i = 0;
     bool after_dash = false;
     for (field = strtok_r(line, " \n", &save); field != NULL;
          field = strtok_r(NULL, " \n", &save), i++) {
-      if (i == 4)
+      if (i == 2)
+        majmin = field;
+      else if (i == 4)
         mnt = field;
       else if (after_dash) {
         type = field;
@@ -66,8 +69,11 @@ find_mount(const char *abspath, char *fstype, size_t fstype_len)
       continue;
     unescape(mnt);
     if (strcmp(mnt, abspath) == 0) {
+      unsigned ma = 0, mi = 0;
       found = true;
       snprintf(fstype, fstype_len, "%s", type);
+      if (majmin != NULL && sscanf(majmin, "%u:%u", &ma, &mi) == 2)
+        *dev = makedev(ma, mi);
     }
   }
   free(line);
@@ -79,8 +85,18 @@ bool
 mount_is_listed(const char *abspath)
 {
   char type[64];
+  dev_t dev;
 
-  return find_mount(abspath, type, sizeof type);
+  return find_mount(abspath, type, sizeof type, &dev);
+}
+
+/* The device number of the mount on abspath (for its sysfs bdi). */
+bool
+mount_device(const char *abspath, dev_t *dev)
+{
+  char type[64];
+
+  return find_mount(abspath, type, sizeof type, dev);
 }
 
 struct stat_probe {
@@ -134,7 +150,7 @@ stat_thread(void *arg)
 
 /* stat() a FUSE path without risking a hang on an unresponsive server:
  * the errno it returned, 0 on success (*st filled), or ETIMEDOUT. */
-int
+static int
 stat_with_timeout(const char *path, int seconds, struct stat *st)
 {
   struct stat_probe *p = calloc(1, sizeof *p);
@@ -174,7 +190,9 @@ stat_with_timeout(const char *path, int seconds, struct stat *st)
 enum mount_state
 mount_state_of(const char *abspath, char *fstype, size_t fstype_len)
 {
-  if (!find_mount(abspath, fstype, fstype_len))
+  dev_t dev;
+
+  if (!find_mount(abspath, fstype, fstype_len, &dev))
     return MOUNT_NONE;
   struct stat st;
 
