@@ -8,17 +8,7 @@ setup() { common_setup; }
 # Undo what a test stacked on the view (file system mounts, loop devices)
 # before common_teardown stops the exports.
 teardown() {
-  if [ -n "${WORK:-}" ]; then
-    local m dev back
-    for m in $(awk -v w="$WORK/" 'index($5, w) == 1 && $9 != "fuse.fuse-disk-export" { print $5 }' /proc/self/mountinfo | sort -r); do
-      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-    done
-    if command -v losetup >/dev/null 2>&1; then
-      while read -r dev back; do
-        case "$back" in "$WORK"/*) losetup -d "$dev" 2>/dev/null ;; esac
-      done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
-    fi
-  fi
+  undo_stacked_on_views
   common_teardown
 }
 

@@ -207,3 +207,19 @@ as_user() { runuser -u "$TEST_USER" -- "$@"; }
 # costs a second per start).
 if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 requires_python() { requires "$PYTHON"; }
+
+# Undo what a test stacked on its views: unmount the file systems mounted
+# below $WORK (not the views themselves, nor the types named as arguments,
+# e.g. tmpfs), then detach the loop devices backed by files below $WORK.
+# Call it before common_teardown stops the exports.
+undo_stacked_on_views() {
+  [ -n "${WORK:-}" ] || return 0
+  local m dev back keep="fuse.fuse-disk-export $*"
+  for m in $(awk -v w="$WORK/" -v keep=" $keep " 'index($5, w) == 1 && index(keep, " " $9 " ") == 0 { print $5 }' /proc/self/mountinfo | sort -r); do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+  done
+  command -v losetup >/dev/null 2>&1 || return 0
+  while read -r dev back; do
+    case "$back" in "$WORK"/*) losetup -d "$dev" 2>/dev/null ;; esac
+  done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
+}

@@ -28,15 +28,8 @@ setup() {
 # devices, a tmpfs holding the image) and stop the exports, in that order.
 teardown() {
   if [ -n "${WORK:-}" ]; then
-    local m dev back pidf
-    for m in $(awk -v w="$WORK/" 'index($5, w) == 1 && $9 != "fuse.fuse-disk-export" && $9 != "tmpfs" { print $5 }' /proc/self/mountinfo | sort -r); do
-      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-    done
-    if command -v losetup >/dev/null 2>&1; then
-      while read -r dev back; do
-        case "$back" in "$WORK"/*) losetup -d "$dev" 2>/dev/null ;; esac
-      done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
-    fi
+    local m pidf
+    undo_stacked_on_views tmpfs
     for pidf in "$WORK"/*.pid "$WORK"/tmpfs/*.pid; do
       [ -f "$pidf" ] || continue
       kill -TERM "$(cat "$pidf")" 2>/dev/null
