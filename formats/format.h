@@ -49,6 +49,7 @@ struct fde_open_params {
   bool read_only;         /* the backend must not write to fd */
   const char *snapshot;   /* internal snapshot name or id to export, or NULL */
   uint64_t cache_bytes;   /* metadata cache budget (0 = backend default) */
+  uint64_t zcache_bytes;  /* decompressed-cluster cache budget (0: default) */
   bool allow_bdev_backing;/* block devices allowed as backing files */
   int verbose;            /* >0: print notes (backing probe warnings...) */
   struct fde_chain *chain;/* layers above this one (already recorded) */
@@ -100,6 +101,19 @@ struct fde_format {
 
   /* Flush nothing, free everything, close the file descriptors. */
   void (*close)(struct fde_disk *disk);
+
+  /* Where the run starting at off is stored verbatim, so that a read can
+   * be answered by splicing straight from the file instead of copying
+   * through the daemon.  Store the run's length (> 0, at most len) in
+   * *run.  Return 1, with *fd and *host set, when the run's bytes are the
+   * bytes of file *fd at *host and lie wholly inside that file; 0 when the
+   * run must be read with pread (holes, zeros, compressed clusters, data
+   * past the end of the file); -errno on error.  The answer may be stale
+   * by the time the caller reads, exactly as a pread racing a write would
+   * be; it must never name bytes that are not the disk's, old or new.
+   * NULL: every read goes through pread. */
+  int (*map)(struct fde_disk *disk, uint64_t off, uint64_t len, int *fd,
+             uint64_t *host, uint64_t *run);
 };
 
 /* formats/registry.c */

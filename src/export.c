@@ -20,7 +20,7 @@
 
 #include "internal.h"
 
-#define READ_AHEAD_KB 1024      /* as large as one request (max_read) */
+#define READ_AHEAD_KB 1024      /* one or more read requests (max_read) */
 
 /* Refuse a path that is already a mount point, saying what to do. */
 static int
@@ -220,6 +220,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   struct fde_open_params params = {
     .path = image, .fd = fd, .read_only = opts->read_only,
     .snapshot = opts->snapshot, .cache_bytes = opts->cache_bytes,
+    .zcache_bytes = opts->zcache_bytes,
     .allow_bdev_backing = opts->allow_bdev_backing,
     .verbose = opts->verbose, .chain = &chain,
   };
@@ -318,7 +319,7 @@ mount_options(struct export *exp, char *buf, size_t cap)
   snprintf(buf + strlen(buf), cap - strlen(buf),
            ",subtype=fuse-disk-export,default_permissions%s%s,max_read=%u",
            exp->allow_other ? ",allow_other" : "",
-           exp->disk->read_only ? ",ro" : "", 1u << 20);
+           exp->disk->read_only ? ",ro" : "", (unsigned) exp->max_read);
   return 0;
 }
 
@@ -330,6 +331,7 @@ export_mount(struct export *exp)
   char *argv[] = { "fuse-disk-export", "-o", opts, NULL };
   struct fuse_args args = FUSE_ARGS_INIT(3, argv);
 
+  fuse_ops_plan(exp);
   if (mount_options(exp, opts, sizeof opts) == -1)
     return -1;
   exp->se = fuse_session_new(&args, &fde_fuse_ops, fde_fuse_ops_size, exp);

@@ -17,6 +17,9 @@
 #define ATTR_TIMEOUT 1.0
 #define SECTOR 512
 #define MAX_REQUEST (1u << 20)  /* max_read and max_write */
+#define MAX_SPLICE_BUFS 16      /* pieces in one spliced read reply */
+#define SPLICE_MIN_PAGE 4096    /* libfuse copies replies under two pages */
+#define MIN_SPLICE_READ (128u << 10)  /* smaller requests cost more than copies */
 
 static struct export *
 export_of(fuse_req_t req)
@@ -51,6 +54,55 @@ fill_stat(struct export *exp, struct stat *st)
   pthread_mutex_unlock(&exp->attr_lock);
 }
 
+/* The largest read reply libfuse can splice.  It sizes each worker's pipe
+ * to a page per buffer plus two, plus header and data; past
+ * /proc/sys/fs/pipe-max-size that needs CAP_SYS_RESOURCE, and a failed
+ * attempt would make libfuse copy every later large reply through a fresh
+ * allocation.  So try the size once here and stay below what works. */
+static size_t
+splice_limit(void)
+{
+  size_t page = (size_t) sysconf(_SC_PAGESIZE);
+  size_t slack = page * (MAX_SPLICE_BUFS + 3);
+  size_t limit = 0;
+  int fds[2];
+  FILE *f;
+
+  if (pipe2(fds, O_CLOEXEC) == -1)
+    return 0;
+  if (fcntl(fds[0], F_SETPIPE_SZ, (int) (MAX_REQUEST + slack)) != -1)
+    limit = MAX_REQUEST;
+  close(fds[0]);
+  close(fds[1]);
+  if (limit == 0 && (f = fopen("/proc/sys/fs/pipe-max-size", "re")) != NULL) {
+    unsigned long max;
+    if (fscanf(f, "%lu", &max) == 1 && max > slack + 2 * page)
+      limit = (max - slack) / page * page;
+    fclose(f);
+  }
+  return limit < MAX_REQUEST ? limit : MAX_REQUEST;
+}
+
+/* Choose the request sizes before mounting (max_read is a mount option).
+ * Splicing pays more than large requests: where the pipe cannot hold a
+ * whole MAX_REQUEST reply, reads come in the largest power of two that it
+ * can hold, and the kernel's 1 MiB read-ahead sends several at once. */
+void
+fuse_ops_plan(struct export *exp)
+{
+  size_t limit = 0;
+
+  if (!exp->opts->no_splice && exp->disk->format->map != NULL)
+    limit = splice_limit();
+  exp->max_read = MAX_REQUEST;
+  while (limit > 0 && exp->max_read > limit
+         && exp->max_read > MIN_SPLICE_READ)
+    exp->max_read /= 2;
+  exp->splice_max = limit >= exp->max_read ? exp->max_read : 0;
+  if (exp->splice_max == 0)
+    exp->max_read = MAX_REQUEST;
+}
+
 /** The kernel's FUSE_INIT: negotiate, then tell export_wait_live. */
 static void
 fde_init(void *userdata, struct fuse_conn_info *conn)
@@ -58,8 +110,12 @@ fde_init(void *userdata, struct fuse_conn_info *conn)
   struct export *exp = userdata;
 
   conn->max_write = MAX_REQUEST;
-  conn->max_read = MAX_REQUEST; /* must equal the max_read mount option */
+  conn->max_read = (unsigned) exp->max_read;  /* as the mount option says */
   conn->max_readahead = 1u << 20;
+  if (exp->splice_max > 0 && (conn->capable & FUSE_CAP_SPLICE_WRITE))
+    conn->want |= FUSE_CAP_SPLICE_WRITE;
+  else
+    exp->splice_max = 0;
   pthread_mutex_lock(&exp->init_lock);
   exp->init_done = true;
   pthread_cond_broadcast(&exp->init_cond);
@@ -185,29 +241,98 @@ get_worker_buf(void)
   return worker_buf;
 }
 
+/* A read reply of up to MAX_SPLICE_BUFS pieces: ranges of image files,
+ * spliced by the kernel from their page cache into the reply without
+ * passing through us, and runs read into the worker buffer. */
+struct read_reply {
+  struct fuse_bufvec vec;                       /* holds piece 0 */
+  struct fuse_buf more[MAX_SPLICE_BUFS - 1];    /* must follow vec */
+  bool spliced;                                 /* some piece is a file range */
+};
+
+/* Append the run of len bytes at disk offset pos (buffer offset at) to
+ * rep: a file range when the backend can name one, else read into buf.
+ * The last piece takes whatever is left.  Stores the run length. */
+static int
+add_piece(struct fde_disk *d, struct read_reply *rep, char *buf, size_t at,
+          uint64_t pos, size_t len, size_t *done)
+{
+  struct fuse_buf *b = rep->vec.buf + rep->vec.count;  /* into more[] */
+  uint64_t host, run = len;
+  int fd = -1, r = 0;
+
+  if (rep->vec.count < MAX_SPLICE_BUFS - 1
+      && (r = d->format->map(d, pos, len, &fd, &host, &run)) < 0)
+    return r;
+  if (r == 1) {
+    *b = (struct fuse_buf) { .size = run, .fd = fd, .pos = (off_t) host,
+                             .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK };
+    rep->spliced = true;
+  } else if ((r = d->format->pread(d, buf + at, run, pos)) < 0) {
+    return r;
+  } else if (rep->vec.count > 0 && b[-1].mem == buf + at - b[-1].size) {
+    b[-1].size += run;          /* extend the previous memory piece */
+    rep->vec.count--;
+  } else {
+    *b = (struct fuse_buf) { .size = run, .mem = buf + at };
+  }
+  rep->vec.count++;
+  *done = run;
+  return 0;
+}
+
+/* Answer a read with splice where the backend allows it; reads too small
+ * to gain (libfuse copies those anyway) or too large for the pipe are
+ * copied through buf. */
+static void
+reply_read(fuse_req_t req, struct export *exp, char *buf, size_t size,
+           uint64_t off)
+{
+  struct fde_disk *d = exp->disk;
+  struct read_reply rep = { .vec = FUSE_BUFVEC_INIT(0) };
+  size_t at = 0, run;
+  int r = 0;
+
+  if (size < 2 * SPLICE_MIN_PAGE || size > exp->splice_max) {
+    r = d->format->pread(d, buf, size, off);
+    if (r < 0)
+      fuse_reply_err(req, -r);
+    else
+      fuse_reply_buf(req, buf, size);
+    return;
+  }
+  rep.vec.count = 0;
+  while (at < size && r == 0) {
+    r = add_piece(d, &rep, buf, at, off + at, size - at, &run);
+    at += run;
+  }
+  if (r < 0)
+    fuse_reply_err(req, -r);
+  else if (!rep.spliced)
+    fuse_reply_buf(req, buf, size);
+  else
+    fuse_reply_data(req, &rep.vec, 0);
+}
+
 /** Read from the backend; short at the end of the disk. */
 static void
 fde_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
          struct fuse_file_info *fi)
 {
-  struct fde_disk *d = export_of(req)->disk;
+  struct export *exp = export_of(req);
+  uint64_t disk_size = exp->disk->size;
   char *buf = get_worker_buf();
-  int r;
 
-  if (off < 0 || (uint64_t) off >= d->size) {
+  if (off < 0 || (uint64_t) off >= disk_size) {
     fuse_reply_buf(req, NULL, 0);
     return;
   }
-  size = (size_t) min_u64(size, d->size - (uint64_t) off);
+  size = (size_t) min_u64(size, disk_size - (uint64_t) off);
   if (buf == NULL || size > MAX_REQUEST) {
     fuse_reply_err(req, buf == NULL ? ENOMEM : EINVAL);
     return;
   }
-  r = d->format->pread(d, buf, size, (uint64_t) off);
-  if (r < 0)
-    fuse_reply_err(req, -r);
-  else
-    fuse_reply_buf(req, buf, size);
+  reply_read(req, exp, buf, size, (uint64_t) off);
 }
 
 /* QEMU's rule for probed raw disks: the guest may not turn its disk into

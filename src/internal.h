@@ -34,7 +34,9 @@ struct options {
   bool probe_only;
   const char *snapshot;
   uint64_t cache_bytes;
+  uint64_t zcache_bytes;        /* --decompressed-cache */
   bool allow_bdev_backing;
+  bool no_splice;               /* --no-splice: reads copy through us */
   int verbose;                  /* -1 quiet, 0 normal, >0 verbose */
   char **images;
   int nr_images;
@@ -73,6 +75,8 @@ struct export {
   pid_t lock_pid;               /* the child holding QEMU's locks on the view */
   int lock_pipe;                /* closing it lets that child go, or -1 */
   bool init_done;               /* the kernel's FUSE_INIT was answered */
+  size_t max_read;              /* largest read request (fuse_ops_plan) */
+  size_t splice_max;            /* largest read answered by splice; 0: none */
   pthread_mutex_t init_lock;
   pthread_cond_t init_cond;
 };
@@ -92,6 +96,7 @@ int export_describe(struct export *exp, FILE *out);
 /* fuse-ops.c */
 extern const struct fuse_lowlevel_ops fde_fuse_ops;
 extern const size_t fde_fuse_ops_size;
+void fuse_ops_plan(struct export *exp);
 
 /* mounts.c: the mount table. */
 enum mount_state { MOUNT_NONE, MOUNT_LIVE, MOUNT_DEAD, MOUNT_OTHER };

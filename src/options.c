@@ -18,6 +18,8 @@ enum {
   ALLOW_BDEV_OPTION,
   SHORT_OPTIONS_OPTION,
   LONG_OPTIONS_OPTION,
+  NO_SPLICE_OPTION,
+  DECOMPRESSED_CACHE_OPTION,
 };
 
 static const char short_options[] = "dp:f:rm:nqvhV";
@@ -31,7 +33,9 @@ static const struct option long_options[] = {
   { "probe",         no_argument,       NULL, 'n' },
   { "snapshot",      required_argument, NULL, SNAPSHOT_OPTION },
   { "cache-size",    required_argument, NULL, CACHE_SIZE_OPTION },
+  { "decompressed-cache", required_argument, NULL, DECOMPRESSED_CACHE_OPTION },
   { "allow-block-device-backing", no_argument, NULL, ALLOW_BDEV_OPTION },
+  { "no-splice",     no_argument,       NULL, NO_SPLICE_OPTION },
   { "quiet",         no_argument,       NULL, 'q' },
   { "verbose",       no_argument,       NULL, 'v' },
   { "help",          no_argument,       NULL, 'h' },
@@ -59,8 +63,12 @@ usage(void)
 "  -n, --probe              print what would be exported, then exit\n"
 "      --snapshot=NAME|ID   export a qcow2 internal snapshot (read-only)\n"
 "      --cache-size=BYTES   qcow2 metadata cache budget per image (K, M, G)\n"
+"      --decompressed-cache=BYTES\n"
+"                           memory for decompressed qcow2 clusters per layer\n"
 "      --allow-block-device-backing\n"
 "                           accept block devices as backing files\n"
+"      --no-splice          copy read data through the daemon instead of\n"
+"                           splicing it from the image file\n"
 "  -q, --quiet              print nothing but errors\n"
 "  -v, --verbose            print what is found and done\n"
 "  -h, --help               show this help and exit\n"
@@ -149,7 +157,12 @@ apply_option(int c, struct options *o)
     if (parse_size(optarg, &o->cache_bytes) == -1)
       return usage_error("invalid --cache-size", optarg);
     break;
+  case DECOMPRESSED_CACHE_OPTION:
+    if (parse_size(optarg, &o->zcache_bytes) == -1 || o->zcache_bytes == 0)
+      return usage_error("invalid --decompressed-cache", optarg);
+    break;
   case ALLOW_BDEV_OPTION: o->allow_bdev_backing = true; break;
+  case NO_SPLICE_OPTION: o->no_splice = true; break;
   case 'q': o->verbose = -1; break;
   case 'v': if (o->verbose >= 0) o->verbose++; break;
   case 'h': usage(); return 1;

@@ -10,7 +10,8 @@ teardown() { common_teardown; }
 has_line() { grep -qxF -e "$1" <<<"$output"; }
 
 LONG_OPTIONS="daemonize pid-file format read-only allow-other mountpoint probe
-  snapshot cache-size quiet verbose help version"
+  snapshot cache-size decompressed-cache allow-block-device-backing no-splice
+  quiet verbose help version"
 
 @test "--help exits 0 and mentions every long option" {
   run "$FDE" --help
@@ -78,6 +79,18 @@ LONG_OPTIONS="daemonize pid-file format read-only allow-other mountpoint probe
   run "$FDE" --allow-other=maybe img
   assert_failure 2
   assert_output --partial "allow-other"
+}
+
+@test "bad --cache-size and --decompressed-cache values are usage errors (exit 2)" {
+  truncate -s 1M img
+  local bad
+  for bad in --cache-size=lots --cache-size=-1 --decompressed-cache=0 \
+    --decompressed-cache=4Q; do
+    run "$FDE" "$bad" img
+    assert_failure 2
+    assert_output --partial "invalid ${bad%%=*}"
+  done
+  nothing_mounted
 }
 
 @test "-m with two images is a usage error (exit 2)" {

@@ -95,6 +95,68 @@ check_case() {
   check_case extl2-64k --cache-size=4K
 }
 
+@test "compressed images with a one-cluster decompressed cache (--decompressed-cache=1)" {
+  check_case zstd-64k --decompressed-cache=1
+  check_case zlib-2m --decompressed-cache=1
+  check_case extl2-2m-zstd --decompressed-cache=1
+}
+
+# ---- splice: reads answered straight from the image files ------------------
+
+@test "--no-splice reads the chain and the partial subclusters the same as qemu-img" {
+  check_case chain --no-splice
+  check_case extl2-backed --no-splice
+  check_case c512 --no-splice
+}
+
+# splice_calls LOG: the splice(2) calls strace logged.
+splice_calls() { grep -c '^[0-9]* *splice(' "$1" || true; }
+
+# traced_read LOG [OPTION]...: export $IMG read-only in the foreground under
+# strace (splice calls to LOG), check the whole view against $ORACLE, stop.
+traced_read() {
+  local log=$1
+  shift
+  strace -f -qq -e trace=splice -o "$log" "$FDE" -r -p "$WORK/traced.pid" "$@" "$IMG" \
+    >"$WORK/traced.out" 2>&1 3>&- &
+  local tracer=$!
+  wait_mounted "$IMG" || { kill "$tracer"; fail "no view: $(cat "$WORK/traced.out")"; }
+  for _ in $(seq 50); do [ -s "$WORK/traced.pid" ] && break; sleep 0.1; done
+  [ "$(sha "$IMG")" = "$(sha "$ORACLE")" ] || fail "the view differs from qemu-img's ($*)"
+  kill -INT "$(cat "$WORK/traced.pid")"
+  wait "$tracer" || fail "the traced export failed: $(cat "$WORK/traced.out")"
+}
+
+@test "reads are spliced from the image files of the chain; --no-splice copies them" {
+  requires strace
+  use_qcow2_case "$IMGS" chain || fail "no image chain"
+  traced_read "$WORK/spliced.log"
+  [ "$(splice_calls "$WORK/spliced.log")" -gt 0 ] ||
+    fail "no splice(2) call while reading the view"
+  traced_read "$WORK/copied.log" --no-splice
+  [ "$(splice_calls "$WORK/copied.log")" = 0 ] ||
+    fail "splice(2) called with --no-splice: $(head -n 3 "$WORK/copied.log")"
+}
+
+@test "a data cluster cut short by the end of the file reads as QEMU reads it; the view keeps its size" {
+  # 64 KiB clusters, 1 MiB of data; the file then ends half way into the
+  # last data cluster.  QEMU reads the missing half as zeros; a reply
+  # spliced from the file would come up short and shrink the view.
+  qemu-img create -q -f qcow2 "$WORK/cut.qcow2" 1M
+  qio "$WORK/cut.qcow2" "write -P 0x61 0 1M"
+  truncate -s -32K "$WORK/cut.qcow2"
+  qemu-img convert -f qcow2 -O raw "$WORK/cut.qcow2" "$WORK/cut.raw"
+  [ "$(tail -c 32768 "$WORK/cut.raw" | tr -d '\0' | wc -c)" = 0 ] ||
+    fail "setup: QEMU does not read the cut half as zeros"
+  start_export -r "$WORK/cut.qcow2"
+  dd if="$WORK/cut.qcow2" of="$WORK/tail" bs=64K skip=15 status=none
+  [ "$(stat -c %s "$WORK/cut.qcow2")" = 1048576 ] ||
+    fail "the view shrank to $(stat -c %s "$WORK/cut.qcow2") bytes after reading the cut cluster"
+  cmp "$WORK/tail" <(tail -c 65536 "$WORK/cut.raw") || fail "the cut cluster reads wrong"
+  cmp "$WORK/cut.qcow2" "$WORK/cut.raw" || fail "the view differs from qemu-img convert"
+  stop_export
+}
+
 @test "4 TiB sparse image: size, data at 0, in the middle and at the very end" {
   use_qcow2_case "$IMGS" huge || fail "no image huge"
   [ "$VSIZE" = "$HUGE_SIZE" ] || fail "qemu-img says $VSIZE"

@@ -18,7 +18,8 @@
 #include "format.h"
 #include "qcow2.h"
 
-#define ZCACHE_SLOTS 16
+#define ZCACHE_DEFAULT_BYTES (4u << 20)
+#define ZCACHE_MAX_SLOTS 256    /* lookups scan the slots */
 #define MAX_IDLE_WORKERS 16
 
 struct zslot {
@@ -41,21 +42,30 @@ struct zworker {
 struct qcow2_zcache {
   pthread_mutex_t lock;         /* slots */
   unsigned next;                /* round-robin replacement */
-  struct zslot slots[ZCACHE_SLOTS];
+  unsigned nr_slots;            /* the budget in clusters, 1..ZCACHE_MAX_SLOTS */
+  struct zslot *slots;
   pthread_mutex_t pool_lock;    /* idle workers */
   struct zworker *idle;
   unsigned nr_idle;
   uint32_t cluster_size;
 };
 
-/* An empty cache for clusters of cluster_size bytes. */
+/* An empty cache for clusters of cluster_size bytes, holding as many as
+ * budget bytes allow (0: the default), at least one. */
 struct qcow2_zcache *
-qcow2_zcache_new(uint32_t cluster_size)
+qcow2_zcache_new(uint32_t cluster_size, uint64_t budget)
 {
   struct qcow2_zcache *z = calloc(1, sizeof *z);
+  uint64_t n = (budget ? budget : ZCACHE_DEFAULT_BYTES) / cluster_size;
 
   if (z == NULL)
     return NULL;
+  z->nr_slots = n < 1 ? 1 : n > ZCACHE_MAX_SLOTS ? ZCACHE_MAX_SLOTS
+    : (unsigned) n;
+  if ((z->slots = calloc(z->nr_slots, sizeof *z->slots)) == NULL) {
+    free(z);
+    return NULL;
+  }
   pthread_mutex_init(&z->lock, NULL);
   pthread_mutex_init(&z->pool_lock, NULL);
   z->cluster_size = cluster_size;
@@ -81,8 +91,9 @@ qcow2_zcache_free(struct qcow2_zcache *z)
 {
   if (z == NULL)
     return;
-  for (unsigned i = 0; i < ZCACHE_SLOTS; i++)
+  for (unsigned i = 0; i < z->nr_slots; i++)
     free(z->slots[i].data);
+  free(z->slots);
   while (z->idle != NULL) {
     struct zworker *w = z->idle;
     z->idle = w->next;
@@ -144,7 +155,7 @@ zcache_copy(struct qcow2_zcache *z, uint64_t desc, uint32_t in_cluster,
   bool hit = false;
 
   pthread_mutex_lock(&z->lock);
-  for (unsigned i = 0; i < ZCACHE_SLOTS; i++) {
+  for (unsigned i = 0; i < z->nr_slots; i++) {
     if (z->slots[i].data != NULL && z->slots[i].desc == desc) {
       memcpy(buf, z->slots[i].data + in_cluster, len);
       hit = true;
@@ -164,7 +175,7 @@ zcache_insert(struct qcow2_zcache *z, uint64_t desc, struct zworker *w)
   uint8_t *old;
 
   pthread_mutex_lock(&z->lock);
-  for (unsigned i = 0; i < ZCACHE_SLOTS; i++) {
+  for (unsigned i = 0; i < z->nr_slots; i++) {
     if (z->slots[i].data != NULL && z->slots[i].desc == desc) {
       pthread_mutex_unlock(&z->lock);
       return;
@@ -173,7 +184,7 @@ zcache_insert(struct qcow2_zcache *z, uint64_t desc, struct zworker *w)
   old = z->slots[z->next].data;
   z->slots[z->next].data = w->out;
   z->slots[z->next].desc = desc;
-  z->next = (z->next + 1) % ZCACHE_SLOTS;
+  z->next = (z->next + 1) % z->nr_slots;
   pthread_mutex_unlock(&z->lock);
   w->out = old;
 }

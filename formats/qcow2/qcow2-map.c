@@ -320,3 +320,36 @@ qcow2_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
   }
   return -EIO;
 }
+
+/* The run at off as a range of a file, for replies spliced straight from
+ * it: allocated data of this layer that the file already holds, or of a
+ * backing layer that can say the same. */
+int
+qcow2_map_file(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
+               uint64_t *host, uint64_t *run)
+{
+  struct qcow2_disk *q = to_qcow2(d);
+  struct fde_disk *b = q->backing;
+  struct qcow2_extent e;
+  int r = qcow2_map(q, off, len, &e);
+
+  if (r < 0)
+    return r;
+  *run = e.len;
+  switch (e.kind) {
+  case QCOW2_DATA:
+    /* data_end only grows, and only after the bytes are written. */
+    if (e.host > q->data_end || e.len > q->data_end - e.host)
+      return 0;
+    *fd = q->fd;
+    *host = e.host;
+    return 1;
+  case QCOW2_BACKING:
+    if (b == NULL || off >= b->size || b->format->map == NULL)
+      return 0;
+    return b->format->map(b, off, b->size - off < e.len ? b->size - off
+                          : e.len, fd, host, run);
+  default:
+    return 0;
+  }
+}

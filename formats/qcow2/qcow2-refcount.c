@@ -426,16 +426,20 @@ qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
 
   if (q->next_free > QCOW2_MAX_HOST_OFFSET >> q->cluster_bits)
     return -EFBIG;
-  /* A new refblock or reftable may take next_free; cover again. */
-  for (int tries = 0; tries < 4; tries++) {
+  /* A new refblock or reftable takes clusters at next_free, which then
+   * needs covering in turn: repeat until a pass leaves next_free where it
+   * was.  Each table covers far more clusters than it takes, so a few
+   * passes do; the cap only guards against a broken invariant. */
+  for (int pass = 0;; pass++) {
     uint64_t before = q->next_free;
+    if (pass == 64)
+      return -EIO;
     if ((r = cover_next_free(q)) < 0)
       return r;
     if (q->next_free == before)
       break;
   }
-  if ((r = cover_next_free(q)) < 0
-      || (r = update_in_refblock(q, q->next_free, 1, 1)) < 0)
+  if ((r = update_in_refblock(q, q->next_free, 1, 1)) < 0)
     return r;
   *host = q->next_free << q->cluster_bits;
   q->next_free++;

@@ -255,6 +255,10 @@ write_merged(struct qcow2_disk *q, uint64_t host, uint64_t start,
     r = fde_pwrite_full(q->fd, tmp, span, host);
   }
   free(tmp);
+  /* Before the L2 entry shows the cluster: splicing readers (qcow2_map_file)
+   * may use it only once the file really holds its bytes. */
+  if (r == 0 && host + span > q->data_end)
+    q->data_end = host + span;
   return r;
 }
 

@@ -825,7 +825,7 @@ static int
 create_caches(const struct fde_open_params *p, struct qcow2_disk *q)
 {
   q->l2_cache = qcow2_l2_cache_new(q->cluster_size, p->cache_bytes);
-  q->zcache = qcow2_zcache_new(q->cluster_size);
+  q->zcache = qcow2_zcache_new(q->cluster_size, p->zcache_bytes);
   return q->l2_cache == NULL || q->zcache == NULL ? -ENOMEM : 0;
 }
 
@@ -918,6 +918,7 @@ qcow2_open(const struct fde_open_params *p, struct fde_disk **out)
     fde_error("%s: cannot find the file size: %s", p->path, strerror(-r));
     goto fail;
   }
+  q->data_end = q->file_size;
   if ((r = validate_header(&c)) < 0 || (r = load_exported_l1(&c)) < 0
       || (r = open_backing(p, q)) < 0 || (r = create_caches(p, q)) < 0
       || (!p->read_only && p->snapshot == NULL
@@ -1060,4 +1061,5 @@ const struct fde_format fde_format_qcow2 = {
 
   .allocated_bytes = qcow2_allocated_bytes,
   .describe        = qcow2_describe,
+  .map             = qcow2_map_file,
 };

@@ -181,7 +181,8 @@ struct qcow2_snapshot {
 struct qcow2_disk {
   struct fde_disk disk;         /* must come first */
   int fd;
-  uint64_t file_size;           /* at open time */
+  uint64_t file_size;           /* at open time, then past every allocation */
+  _Atomic uint64_t data_end;    /* the file holds every byte below this */
 
   /* geometry */
   unsigned version;
@@ -337,6 +338,8 @@ int qcow2_map(struct qcow2_disk *q, uint64_t off, uint64_t len,
 int qcow2_pread(struct fde_disk *d, void *buf, size_t len, uint64_t off);
 int qcow2_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
                        uint64_t *run, unsigned *status);
+int qcow2_map_file(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
+                   uint64_t *host, uint64_t *run);
 
 /* qcow2-cache.c */
 struct qcow2_l2_ref {                   /* a pinned L2 table */
@@ -359,7 +362,7 @@ unsigned qcow2_l2_dirty_count(struct qcow2_disk *q);
 unsigned qcow2_l2_capacity(struct qcow2_disk *q);
 
 /* qcow2-compress.c */
-struct qcow2_zcache *qcow2_zcache_new(uint32_t cluster_size);
+struct qcow2_zcache *qcow2_zcache_new(uint32_t cluster_size, uint64_t budget);
 void qcow2_zcache_free(struct qcow2_zcache *z);
 int qcow2_read_compressed(struct qcow2_disk *q, uint64_t desc,
                           uint32_t in_cluster, void *buf, size_t len);

@@ -17,10 +17,12 @@
 #     only, qcow images only);
 #   * runs the same jobs on a plain raw file in the host page cache (direct=0,
 #     no invalidation) as a ceiling;
-#   * times "fuse-disk-export -d" on a 100 GiB sparse qcow2 (command to live
-#     view) next to "qemu-img convert -O raw" of the same image;
+#   * times "fuse-disk-export -d" on 100 GiB and 1 TiB sparse qcow2 images
+#     (command to live view) next to qemu-storage-daemon's export and
+#     "qemu-img convert -O raw" of the same image;
 #   * records each daemon's peak RSS (VmHWM just before it is stopped, after
-#     the jobs).
+#     the jobs);
+#   * checks issue 6's targets (TARGETS below) and prints each as met or not.
 #
 # How to read the results:
 #
@@ -33,11 +35,14 @@
 #     numbers depend on the CPU, the kernel's FUSE and the page cache: all
 #     images live in the page cache, so this measures the FUSE and format
 #     overhead, not the disk.
-#   * Each peer gets a fresh copy of each image; within one peer the read
-#     jobs run first, then the write jobs, in JOBS order, so the write jobs
-#     see the writes of the previous write jobs (the same sequence for every
-#     peer).  Writes to compressed clusters or to clusters of the backing
-#     file allocate new clusters: that is part of what those images cost.
+#   * Each peer gets a fresh copy of each image, and all of them serve their
+#     copies at once: the peers take turns run by run (ours, qsd, qcowmount,
+#     ours, ...), so a slow moment of the machine does not fall on one peer
+#     only.  The read jobs run first, then the write jobs, in JOBS order, so
+#     the write jobs see the writes of the previous write jobs (the same
+#     sequence for every peer).  Writes to compressed clusters or to
+#     clusters of the backing file allocate new clusters: that is part of
+#     what those images cost.
 #   * psync jobs use direct=0 (buffered; writes may be absorbed by the page
 #     cache if the view allows it); the libaio jobs use direct=1.  fio
 #     invalidates the view's page cache before each run.
@@ -48,7 +53,7 @@
 #
 # Settings (environment, or the matching options; see --help):
 #   BENCH_SIZE=1G   image size        BENCH_RUNTIME=5  seconds per job run
-#   BENCH_REPEAT=3  runs per job      BENCH_BIG_SIZE=100G  startup image size
+#   BENCH_REPEAT=3  runs per job      BENCH_BIG_SIZE=100G,1T  startup sizes
 #   BENCH_DIR       scratch parent    BENCH_JOBS / BENCH_IMAGES  comma lists
 #
 # Needs root (FUSE mounts on files), fio, qemu-utils; qemu-system-common
@@ -100,6 +105,7 @@ PACKAGES = [("fio", "fio"), ("qemu-img", "qemu-utils"), ("qemu-io", "qemu-utils"
             ("qcowmount", "libqcow-utils"), ("fusermount3", "fuse3")]
 
 NA_ERR = "n/a (error)"
+STARTUP_OURS = "fuse-disk-export -d (command to live view)"
 NA = "-"
 
 
@@ -464,40 +470,42 @@ def working_copy(src, dst, fmt="raw"):
 # ---------------------------------------------------------------- startup
 
 def bench_startup(cfg, d, fde, results, notes):
-    """Time command -> live raw view of a big sparse qcow2, next to convert."""
-    big = os.path.join(d, "big.qcow2")
-    run(["qemu-img", "create", "-q", "-f", "qcow2", big, str(cfg.big_size)])
-    rows = []
+    """Time command -> live raw view of big sparse qcow2 images, next to
+    qemu-img convert of the same image; {(label, size): seconds or None}."""
+    times = {}
 
-    def timed(label, start, stop):
+    def timed(label, size, start, stop):
         ts = []
         for _ in range(cfg.repeat):
             t0 = time.monotonic()
             try:
                 start()
             except Exception as e:      # noqa: BLE001
-                notes.append(f"startup, {label}: {e}")
+                notes.append(f"startup, {label}, {fmt_size(size)}: {e}")
                 stop()
-                return rows.append((label, None))
+                times[(label, size)] = None
+                return
             ts.append(time.monotonic() - t0)
             stop()
-        rows.append((label, statistics.median(ts)))
+        times[(label, size)] = statistics.median(ts)
 
-    p = FuseDiskExport(fde)
-    results["active"].append(p)
-    timed("fuse-disk-export -d (command to live view)",
-          lambda: p.start(big, "qcow2", d), p.stop)
-    if have("qemu-storage-daemon"):
-        q = QemuStorageDaemon()
-        results["active"].append(q)
-        timed("qemu-storage-daemon FUSE export (command to mounted)",
-              lambda: q.start(big, "qcow2", d), q.stop)
-    out = os.path.join(d, "big.raw")
-    timed("qemu-img convert -O raw",
-          lambda: run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", big, out]),
-          lambda: os.path.exists(out) and os.unlink(out))
-    os.unlink(big)
-    return rows
+    for size in cfg.big_sizes:
+        big = os.path.join(d, "big.qcow2")
+        run(["qemu-img", "create", "-q", "-f", "qcow2", big, str(size)])
+        p = FuseDiskExport(fde)
+        results["active"].append(p)
+        timed(STARTUP_OURS, size, lambda: p.start(big, "qcow2", d), p.stop)
+        if have("qemu-storage-daemon"):
+            q = QemuStorageDaemon()
+            results["active"].append(q)
+            timed("qemu-storage-daemon FUSE export (command to mounted)", size,
+                  lambda: q.start(big, "qcow2", d), q.stop)
+        out = os.path.join(d, "big.raw")
+        timed("qemu-img convert -O raw", size,
+              lambda: run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", big, out]),
+              lambda: os.path.exists(out) and os.unlink(out))
+        os.unlink(big)
+    return times
 
 
 # ---------------------------------------------------------------- report
@@ -539,6 +547,15 @@ def report(cfg, res, ceiling, startup, rss, notes, peers, images):
                 ratio = f"{ours[0] / max(best):.2f}"
             L.append(f"| {img} | {job[0]} | " + " | ".join(cell(r) for r in row) + f" | {ratio} |")
     L.append("")
+    rows = target_rows(res, startup, peers, images, [j[0] for j in ordered_jobs(cfg)])
+    if rows:
+        L.append("## Targets (issue 6)")
+        L.append("")
+        L.append("| target | measured | met |")
+        L.append("|---|---|---|")
+        for target, measured, met in rows:
+            L.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+        L.append("")
     if ceiling:
         L.append("## Ceiling: the same jobs on a plain raw file in the page cache")
         L.append("")
@@ -550,12 +567,17 @@ def report(cfg, res, ceiling, startup, rss, notes, peers, images):
             L.append(f"| {job[0]} | {cell(ceiling.get(job[0]))} |")
         L.append("")
     if startup:
-        L.append(f"## Startup: {fmt_size(cfg.big_size)} sparse qcow2 (qemu-img create)")
+        sizes = list(dict.fromkeys(size for _, size in startup))
+        labels = list(dict.fromkeys(label for label, _ in startup))
+        L.append("## Startup: big sparse qcow2 images (qemu-img create)")
         L.append("")
-        L.append("| what | seconds |")
-        L.append("|---|---:|")
-        for label, t in startup:
-            L.append(f"| {label} | {NA_ERR if t is None else f'{t:.3f}'} |")
+        L.append("| seconds | " + " | ".join(fmt_size(z) for z in sizes) + " |")
+        L.append("|---|" + "---:|" * len(sizes))
+        for label in labels:
+            vals = [startup.get((label, z), NA) for z in sizes]
+            L.append(f"| {label} | " + " | ".join(
+                NA_ERR if t is None else t if isinstance(t, str) else f"{t:.3f}"
+                for t in vals) + " |")
         L.append("")
     if rss:
         L.append("## Peak RSS (VmHWM after the jobs, MiB)")
@@ -581,6 +603,62 @@ def report(cfg, res, ceiling, startup, rss, notes, peers, images):
     return "\n".join(L)
 
 
+# Issue 6's targets: job -> least ratio of ours to the best peer on the
+# fully allocated qcow2; every other job and image must reach FLOOR.
+TARGETS = {"seq-read-1M": 1.5, "rand-read-4k-aio16x2": 1.5,
+           "rand-write-4k-aio16x2": 1.5, "rand-write-4k-qd1": 1.5,
+           "rand-read-4k-qd1": 1.0, "seq-write-1M": 1.0}
+TARGET_IMAGE = "qcow2-full"
+FLOOR = 0.9
+QCOW2_VS_RAW = 0.85                     # "within 15% of the raw export"
+STARTUP_LIMIT = (1 << 40, 0.050)        # -d on a 1 TiB sparse qcow2
+
+
+def ours_vs_best(res, peers, img, job):
+    """Ours / best peer IOPS, or None when either side has no number."""
+    ours = res.get((peers[0].name, img, job))
+    best = [r[0] for r in (res.get((p.name, img, job)) for p in peers[1:])
+            if isinstance(r, tuple)]
+    if not isinstance(ours, tuple) or not best:
+        return None
+    return ours[0] / max(best)
+
+
+def target_rows(res, startup, peers, images, jobs):
+    """[(target, measured, met)] for the targets this run could measure."""
+    rows = []
+    for job in jobs:
+        want = TARGETS.get(job)
+        r = ours_vs_best(res, peers, TARGET_IMAGE, job)
+        if want is not None and r is not None:
+            rows.append((f"{job} on {TARGET_IMAGE} >= {want}x the best peer",
+                         f"{r:.2f}x", r >= want))
+    ratios = [(ours_vs_best(res, peers, img, job), img, job)
+              for img in images for job in jobs]
+    ratios = [t for t in ratios if t[0] is not None]
+    if ratios:
+        low = min(ratios)
+        rows.append((f"no job below {FLOOR}x the best peer",
+                     f"lowest {low[0]:.2f}x ({low[1]}, {low[2]})", low[0] >= FLOOR))
+    ours = peers[0].name
+    rel = []
+    for job in jobs:
+        q, r = res.get((ours, TARGET_IMAGE, job)), res.get((ours, "raw", job))
+        if isinstance(q, tuple) and isinstance(r, tuple) and r[0] > 0:
+            rel.append((q[0] / r[0], job))
+    if rel:
+        low = min(rel)
+        rows.append((f"{TARGET_IMAGE} within {100 - QCOW2_VS_RAW * 100:.0f}% of raw "
+                     "(ours, every job)", f"lowest {low[0]:.2f} of raw ({low[1]})",
+                     low[0] >= QCOW2_VS_RAW))
+    size, limit = STARTUP_LIMIT
+    t = startup.get((STARTUP_OURS, size))
+    if isinstance(t, float):
+        rows.append((f"-d on a {fmt_size(size)} sparse qcow2 within {limit * 1000:.0f} ms",
+                     f"{t * 1000:.0f} ms", t <= limit))
+    return rows
+
+
 def ordered_jobs(cfg):
     js = [j for j in JOBS if j[0] in cfg.jobs]
     return [j for j in js if not j[1]] + [j for j in js if j[1]]
@@ -588,42 +666,61 @@ def ordered_jobs(cfg):
 
 # ---------------------------------------------------------------- main
 
-def bench_peer(peer, cfg, imgs, work, res, rss, notes):
-    for img, (path, fmt) in imgs.items():
+def start_peers(peers, cfg, img, path, fmt, work, res, notes):
+    """Start every peer that serves fmt on its own copy of the image (the
+    read-only ones on the pristine image); return [(peer, view, jobs)]."""
+    live = []
+    for peer in peers:
         if not peer.supports(fmt):
             continue
         jobs = [j for j in ordered_jobs(cfg) if peer.writes or not j[1]]
         wdir = os.path.join(work, f"{peer.name}-{img}")
         os.makedirs(wdir)
-        # Read-only peers read the pristine image; others get a fresh copy.
         src = path
         if peer.writes:
             src = working_copy(path, os.path.join(wdir, os.path.basename(path)), fmt)
         log(f"{peer.name}: {img}")
         try:
-            view = peer.start(src, fmt, wdir)
+            live.append((peer, peer.start(src, fmt, wdir), jobs))
         except Exception as e:          # noqa: BLE001
             notes.append(f"{peer.name} on {img}: could not start: {e}")
             for j in jobs:
                 res[(peer.name, img, j[0])] = NA_ERR
             peer.cleanup()
-            continue
-        failed = {}                     # reason -> jobs, one note per reason
-        try:
-            for j in jobs:
-                log(f"  {j[0]}")
-                try:
-                    if not is_mounted(peer.mnt):
-                        raise RuntimeError("view no longer mounted")
-                    res[(peer.name, img, j[0])] = measure(j, view, cfg)
-                except Exception as e:  # noqa: BLE001
-                    res[(peer.name, img, j[0])] = NA_ERR
-                    failed.setdefault(str(e), []).append(j[0])
-        finally:
+    return live
+
+
+def bench_image(peers, cfg, img, path, fmt, work, res, rss, notes):
+    """Every job on every peer's view of one image.  The peers take turns
+    run by run, so that the machine's slow and fast moments fall on all of
+    them alike; the median of each peer's runs is kept."""
+    live = start_peers(peers, cfg, img, path, fmt, work, res, notes)
+    failed = {}                         # (peer, reason) -> jobs
+    try:
+        for job in ordered_jobs(cfg):
+            log(f"{img}: {job[0]}")
+            runs = {p.name: [] for p, _, jobs in live if job in jobs}
+            for _ in range(cfg.repeat):
+                for peer, view, _ in live:
+                    if not isinstance(runs.get(peer.name), list):
+                        continue        # not this peer's job, or failed
+                    try:
+                        if not is_mounted(peer.mnt) or not os.path.exists(view):
+                            raise RuntimeError("view no longer mounted")
+                        runs[peer.name].append(fio_run(job, view, cfg.size, cfg.runtime))
+                    except Exception as e:  # noqa: BLE001
+                        runs[peer.name] = None
+                        failed.setdefault((peer.name, str(e)), []).append(job[0])
+            for name, rs in runs.items():
+                res[(name, img, job[0])] = NA_ERR if rs is None else (
+                    statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+    finally:
+        for peer, _, _ in live:
             rss[(peer.name, img)] = peer.stop()
-            for reason, js in failed.items():
-                notes.append(f"{peer.name} on {img}, {', '.join(js)}: {reason}")
-        shutil.rmtree(wdir, ignore_errors=True)
+        for (name, reason), js in failed.items():
+            notes.append(f"{name} on {img}, {', '.join(js)}: {reason}")
+        for peer, _, _ in live:
+            shutil.rmtree(os.path.join(work, f"{peer.name}-{img}"), ignore_errors=True)
 
 
 def parse_args():
@@ -636,8 +733,9 @@ def parse_args():
                     help="seconds per fio run (BENCH_RUNTIME)")
     ap.add_argument("--repeat", type=int, default=int(env("BENCH_REPEAT", "3")),
                     help="runs per job, median reported (BENCH_REPEAT)")
-    ap.add_argument("--big-size", default=env("BENCH_BIG_SIZE", "100G"),
-                    help="size of the sparse image for the startup timing (BENCH_BIG_SIZE)")
+    ap.add_argument("--big-size", default=env("BENCH_BIG_SIZE", "100G,1T"),
+                    help="comma list of sparse image sizes for the startup timing "
+                         "(BENCH_BIG_SIZE)")
     ap.add_argument("--jobs", default=env("BENCH_JOBS", ",".join(j[0] for j in JOBS)),
                     help="comma list of jobs (BENCH_JOBS)")
     ap.add_argument("--images", default=env("BENCH_IMAGES", ",".join(i[0] for i in IMAGES)),
@@ -647,7 +745,7 @@ def parse_args():
     ap.add_argument("--out", default="bench-results.md", help="also write the table here")
     cfg = ap.parse_args()
     cfg.size = parse_size(cfg.size)
-    cfg.big_size = parse_size(cfg.big_size)
+    cfg.big_sizes = [parse_size(z) for z in cfg.big_size.split(",") if z]
     cfg.jobs = [j for j in cfg.jobs.split(",") if j]
     cfg.images = [i for i in cfg.images.split(",") if i]
     for j in cfg.jobs:
@@ -691,7 +789,7 @@ def main():
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
 
-    res, rss, ceiling, startup = {}, {}, {}, []
+    res, rss, ceiling, startup = {}, {}, {}, {}
     try:
         imgs = {}
         if have("fio"):
@@ -710,13 +808,14 @@ def main():
                     notes.append(f"ceiling, {j[0]}: {e}")
             os.unlink(plain)
 
-            for p in peers:
-                bench_peer(p, cfg, imgs, work, res, rss, notes)
+            for img, (path, fmt) in imgs.items():
+                bench_image(peers, cfg, img, path, fmt, work, res, rss, notes)
         else:
             notes.append("throughput skipped: fio missing")
 
         if have("qemu-img"):
-            log(f"startup: {fmt_size(cfg.big_size)} sparse qcow2")
+            log("startup: " + ", ".join(fmt_size(z) for z in cfg.big_sizes)
+                + " sparse qcow2")
             startup = bench_startup(cfg, work, cfg.fde, state, notes)
         else:
             notes.append("startup timing skipped: qemu-img missing")
