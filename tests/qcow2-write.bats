@@ -443,6 +443,28 @@ $output"
   check_image "punch/zero"
 }
 
+@test "overwriting 80,000 compressed 512-byte clusters (more frees than wait for a flush) ends consistent, the freed space punched" {
+  # Each overwritten compressed cluster drops a reference; past
+  # QCOW2_MAX_DEFERRED_FREES (65536) pending drops the daemon flushes on its
+  # own, in the middle of the stream.
+  deterministic_raw src.raw 64
+  qemu-img convert -c -O qcow2 -o cluster_size=512,compression_type=zstd src.raw img.qcow2
+  record_state state.before
+  deterministic_raw model 64
+  "$PYTHON" -c 'import sys; d=bytearray(open(sys.argv[1],"rb").read()); d=bytes(b ^ 0x5a for b in d); open(sys.argv[1],"wb").write(d)' model
+  start_export img.qcow2
+  dd if=model of=img.qcow2 bs=1M conv=notrunc status=none || fail "the overwrite failed"
+  cmp img.qcow2 model || fail "the view differs from what was written"
+  stop_export
+  wait_unmounted "$WORK/img.qcow2"
+  check_image "80,000 compressed clusters overwritten"
+  # 64 MiB of new data; the old compressed data (~34 MiB) must be gone
+  local used
+  used=$(($(stat -c %b img.qcow2) * 512))
+  [ "$used" -lt $((74 << 20)) ] ||
+    fail "the image uses $used bytes for 64 MiB of data: freed clusters were not punched"
+}
+
 @test "writes past the end get ENOSPC, a write across the end is cut short; -r refuses writes and leaves the image byte-identical" {
   qemu-img create -q -f qcow2 img.qcow2 $((4 * 1048576 + 512))
   start_export img.qcow2

@@ -192,21 +192,29 @@ map_locked(struct qcow2_disk *q, uint64_t l1_index, uint64_t off,
   return r;
 }
 
+/* How many bytes of [off, off+len) the backing layer has: 0 past its end
+ * or without one (the rest reads as zeros). */
+static uint64_t
+backing_part(const struct qcow2_disk *q, uint64_t off, uint64_t len)
+{
+  const struct fde_disk *b = q->backing;
+
+  if (b == NULL || off >= b->size)
+    return 0;
+  return b->size - off < len ? b->size - off : len;
+}
+
 /* Read from the backing layer at the same guest offset; zeros past its
  * end or without one. */
 static int
 read_backing(struct qcow2_disk *q, char *buf, uint64_t len, uint64_t off)
 {
   struct fde_disk *b = q->backing;
-  uint64_t n = 0;
+  uint64_t n = backing_part(q, off, len);
   int r;
 
-  if (b != NULL && off < b->size) {
-    n = b->size - off < len ? b->size - off : len;
-    r = b->format->pread(b, buf, n, off);
-    if (r < 0)
-      return r;
-  }
+  if (n > 0 && (r = b->format->pread(b, buf, n, off)) < 0)
+    return r;
   memset(buf + n, 0, len - n);
   return 0;
 }
@@ -295,28 +303,26 @@ qcow2_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
                    uint64_t *run, unsigned *status)
 {
   struct qcow2_disk *q = to_qcow2(d);
-  struct fde_disk *b = q->backing;
   struct qcow2_extent e;
   int r = qcow2_map(q, off, len, &e);
+  uint64_t below;
 
   if (r < 0)
     return r;
   *run = e.len;
+  *status = FDE_BS_ZERO;
   switch (e.kind) {
   case QCOW2_DATA:
   case QCOW2_COMPRESSED:
     *status = FDE_BS_DATA;
     return 0;
   case QCOW2_ZERO:
-    *status = FDE_BS_ZERO;
     return 0;
   case QCOW2_BACKING:
-    if (b == NULL || off >= b->size) {
-      *status = FDE_BS_ZERO;
+    if ((below = backing_part(q, off, e.len)) == 0)
       return 0;
-    }
-    return b->format->block_status(b, off, b->size - off < e.len
-                                   ? b->size - off : e.len, run, status);
+    return q->backing->format->block_status(q->backing, off, below, run,
+                                            status);
   }
   return -EIO;
 }
@@ -331,25 +337,22 @@ qcow2_map_file(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
   struct qcow2_disk *q = to_qcow2(d);
   struct fde_disk *b = q->backing;
   struct qcow2_extent e;
+  uint64_t below;
   int r = qcow2_map(q, off, len, &e);
 
   if (r < 0)
     return r;
   *run = e.len;
-  switch (e.kind) {
-  case QCOW2_DATA:
+  if (e.kind == QCOW2_DATA) {
     /* data_end only grows, and only after the bytes are written. */
     if (e.host > q->data_end || e.len > q->data_end - e.host)
       return 0;
     *fd = q->fd;
     *host = e.host;
     return 1;
-  case QCOW2_BACKING:
-    if (b == NULL || off >= b->size || b->format->map == NULL)
-      return 0;
-    return b->format->map(b, off, b->size - off < e.len ? b->size - off
-                          : e.len, fd, host, run);
-  default:
-    return 0;
   }
+  if (e.kind != QCOW2_BACKING || (below = backing_part(q, off, e.len)) == 0
+      || b->format->map == NULL)
+    return 0;                   /* zeros, compressed, or nothing below */
+  return b->format->map(b, off, below, fd, host, run);
 }

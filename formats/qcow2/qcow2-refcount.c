@@ -447,9 +447,42 @@ qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
   return 0;
 }
 
+/* Punch the run of freed clusters waiting in q->punch_first..punch_end
+ * out of the file.  Runs, not single clusters: the host file system frees
+ * only whole blocks, which small clusters never fill one at a time. */
+void
+qcow2_punch_freed(struct qcow2_disk *q)
+{
+  uint64_t n = q->punch_end - q->punch_first;
+
+  if (n > 0
+      && fallocate(q->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                   (off_t) (q->punch_first << q->cluster_bits),
+                   (off_t) (n << q->cluster_bits)) == -1
+      && errno != EOPNOTSUPP)
+    fde_debug("%s: punching %" PRIu64 " freed clusters at cluster %" PRIu64
+              ": %s", q->disk.path, n, q->punch_first, strerror(errno));
+  q->punch_first = q->punch_end = 0;
+}
+
+/* Cluster c became free: extend the waiting run, or punch it and start
+ * anew.  (A freed cluster is never allocated again in this session.) */
+static void
+punch_later(struct qcow2_disk *q, uint64_t c)
+{
+  if (q->punch_end != q->punch_first && c == q->punch_end) {
+    q->punch_end++;
+    return;
+  }
+  qcow2_punch_freed(q);
+  q->punch_first = c;
+  q->punch_end = c + 1;
+}
+
 /* Drop one reference from every cluster of [offset, offset+len) (a data
  * cluster, an old table, or the span of a compressed cluster); clusters
- * that become free are punched out of the file. */
+ * that become free are punched out of the file, in runs (the last run by
+ * qcow2_punch_freed at the end of the flush). */
 int
 qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len)
 {
@@ -464,12 +497,8 @@ qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len)
     if ((r = update_in_refblock(q, c, 1, -1)) < 0
         || (r = qcow2_refcount_get(q, c, &rc)) < 0)
       return r;
-    if (rc == 0
-        && fallocate(q->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                     (off_t) (c << q->cluster_bits), q->cluster_size) == -1
-        && errno != EOPNOTSUPP)
-      fde_debug("%s: punching freed cluster %" PRIu64 ": %s", q->disk.path,
-                c, strerror(errno));
+    if (rc == 0)
+      punch_later(q, c);
   }
   return 0;
 }

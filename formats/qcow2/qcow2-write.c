@@ -149,6 +149,7 @@ qcow2_flush_locked(struct qcow2_disk *q)
     if ((r = qcow2_free_clusters(q, q->frees[i].offset, q->frees[i].len)) < 0)
       return r;
   q->nr_frees = 0;
+  qcow2_punch_freed(q);
   return 0;
 }
 
@@ -158,7 +159,7 @@ static int
 maybe_flush(struct qcow2_disk *q)
 {
   if (qcow2_l2_dirty_count(q) >= qcow2_l2_capacity(q) / 2
-      || q->nr_frees >= 4096)
+      || q->nr_frees >= QCOW2_MAX_DEFERRED_FREES)
     return qcow2_flush_locked(q);
   return 0;
 }

@@ -158,7 +158,12 @@ _Static_assert(sizeof(struct qcow2_snapshot_extra) == 24,
 
 /* ---- Per-image state ---------------------------------------------------- */
 
-/* A reference to drop once the tables that replaced it are durable. */
+/* A reference to drop once the tables that replaced it are durable.  At
+ * most QCOW2_MAX_DEFERRED_FREES wait (16 bytes each): reaching it forces a
+ * flush, whose fdatasync waits for the disk, so it is large enough that a
+ * long run of overwrites of compressed clusters (two or more frees per
+ * cluster) flushes once per gigabytes, not once per few hundred MiB. */
+#define QCOW2_MAX_DEFERRED_FREES 65536
 struct qcow2_free {
   uint64_t offset;
   uint64_t len;
@@ -242,6 +247,7 @@ struct qcow2_disk {
   pthread_rwlock_t map_lock;    /* L1/L2 entries: lookups vs updates */
   uint32_t l1_dirty_lo, l1_dirty_hi;    /* L1 entries not yet written */
   struct qcow2_free *frees;     /* references to drop after the next sync */
+  uint64_t punch_first, punch_end;  /* freed clusters not yet punched */
   void *zeros;                  /* one cluster of zeros (writable images) */
   size_t nr_frees, cap_frees;
 };
@@ -385,6 +391,7 @@ int qcow2_refcounts_read_all(struct qcow2_disk *q, uint16_t *out,
                              uint64_t nr);
 int qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host);
 int qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len);
+void qcow2_punch_freed(struct qcow2_disk *q);
 
 /* qcow2-check.c */
 int qcow2_check_for_writing(struct qcow2_disk *q);

@@ -450,6 +450,7 @@ def make_images(cfg, d, wanted):
         cmds = "".join(f"write -P 0x5a {off} 1M\n" for off in range(0, cfg.size - MiB + 1, 2 * MiB))
         run(["qemu-io", "-f", "qcow2", top], input=cmds)
         imgs["qcow2-chain-top"] = (top, "qcow2")
+    os.sync()                           # see working_copy
     return imgs, notes
 
 
@@ -464,6 +465,13 @@ def working_copy(src, dst, fmt="raw"):
             base = os.path.join(os.path.dirname(os.path.abspath(src)), backing)
             run(["qemu-img", "rebase", "-u", "-b", base,
                  "-F", info.get("backing-filename-format", "qcow2"), dst])
+    # Written back now, not by the kernel's flusher half a minute into the
+    # jobs, when it would slow whichever peer is running then.
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return dst
 
 

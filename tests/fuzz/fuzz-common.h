@@ -22,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "format.h"
@@ -190,6 +192,23 @@ fuzz_init_sandbox(void)
   fuzz_write_file("base.qcow2", q, sizeof q);
 }
 
+/* Start-up of a harness: each buffer in the NULL-terminated list gets
+ * FUZZ_MAX_IO bytes, *devnull is /dev/null, and the sandbox is made. */
+static inline void
+fuzz_init_harness(FILE **devnull, uint8_t **first, ...)
+{
+  va_list ap;
+
+  va_start(ap, first);
+  for (uint8_t **p = first; p != NULL; p = va_arg(ap, uint8_t **))
+    if ((*p = malloc(FUZZ_MAX_IO)) == NULL)
+      fuzz_fail("initialisation failed: out of memory");
+  va_end(ap);
+  if ((*devnull = fopen("/dev/null", "w")) == NULL)
+    fuzz_fail("initialisation failed: /dev/null: %s", strerror(errno));
+  fuzz_init_sandbox();
+}
+
 /* Is r a plausible result of a format member: 0 or a negative errno? */
 static inline void
 fuzz_check_ret(int r, const char *what)
@@ -254,9 +273,50 @@ fuzz_pread(struct fde_disk *disk, void *buf, size_t len, uint64_t off)
   return r;
 }
 
+/* The map member's promise (formats/format.h): every run it names as a
+ * file range lies inside that file and holds exactly the bytes pread gave
+ * (got, len bytes read at off).  scratch holds FUZZ_MAX_IO bytes. */
+static inline void
+fuzz_check_map(struct fde_disk *disk, const uint8_t *got, size_t len,
+               uint64_t off, uint8_t *scratch)
+{
+  size_t pos = 0;
+
+  while (disk->format->map != NULL && pos < len) {
+    uint64_t host = 0, run = 0;
+    int fd = -1;
+    struct stat st;
+    int r = disk->format->map(disk, off + pos, len - pos, &fd, &host, &run);
+
+    if (r < 0) {
+      fuzz_check_ret(r, "map");
+      return;
+    }
+    if (r > 1 || run == 0 || run > len - pos)
+      fuzz_fail("map(%#llx, %zu) returned %d with run %llu",
+                (unsigned long long) (off + pos), len - pos, r,
+                (unsigned long long) run);
+    if (r == 1) {
+      if (fstat(fd, &st) == -1)
+        fuzz_fail("map named descriptor %d: %s", fd, strerror(errno));
+      if (host > (uint64_t) st.st_size || run > (uint64_t) st.st_size - host)
+        fuzz_fail("map named [%#llx, +%llu), past the end of the file (%lld)",
+                  (unsigned long long) host, (unsigned long long) run,
+                  (long long) st.st_size);
+      if (fde_pread_full(fd, scratch, run, host) < 0
+          || memcmp(scratch, got + pos, run) != 0)
+        fuzz_fail("map named file bytes at %#llx for disk offset %#llx "
+                  "that differ from what pread gives",
+                  (unsigned long long) host, (unsigned long long) (off + pos));
+    }
+    pos += run;
+  }
+}
+
 /* Drive the read side of an open disk: ranged reads (re-read in two pieces
- * to compare), block_status walks checked against the data, describe and
- * allocated_bytes.  buf and buf2 hold FUZZ_MAX_IO bytes. */
+ * to compare, mapped to file ranges to compare), block_status walks
+ * checked against the data, describe and allocated_bytes.  buf and buf2
+ * hold FUZZ_MAX_IO bytes. */
 static inline void
 fuzz_exercise_reads(struct fde_disk *disk, uint64_t *rng, uint8_t *buf,
                     uint8_t *buf2, FILE *devnull)
@@ -280,6 +340,8 @@ fuzz_exercise_reads(struct fde_disk *disk, uint64_t *rng, uint8_t *buf,
           && memcmp(buf, buf2, len) != 0)
         fuzz_fail("read of %zu bytes at %#llx differs when split at +%zu",
                   len, (unsigned long long) off, cut);
+    } else if ((fuzz_next(rng) & 1) == 0) {
+      fuzz_check_map(disk, buf, len, off, buf2);
     }
   }
 

@@ -21,12 +21,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 {
   (void) argc;
   (void) argv;
-  buf = malloc(FUZZ_MAX_IO);
-  buf2 = malloc(FUZZ_MAX_IO);
-  devnull = fopen("/dev/null", "w");
-  if (buf == NULL || buf2 == NULL || devnull == NULL)
-    fuzz_fail("initialisation failed");
-  fuzz_init_sandbox();
+  fuzz_init_harness(&devnull, &buf, &buf2, NULL);
   return 0;
 }
 

@@ -35,15 +35,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
   (void) argv;
   if (name != NULL && (format = fde_format_by_name(name)) == NULL)
     fuzz_fail("FDE_FUZZ_FORMAT=%s: unknown format", name);
-  buf = malloc(FUZZ_MAX_IO);
-  buf2 = malloc(FUZZ_MAX_IO);
-  shadow = malloc(FUZZ_MAX_IO);
-  known = malloc(FUZZ_MAX_IO);
-  devnull = fopen("/dev/null", "w");
-  if (buf == NULL || buf2 == NULL || shadow == NULL || known == NULL
-      || devnull == NULL)
-    fuzz_fail("initialisation failed");
-  fuzz_init_sandbox();
+  fuzz_init_harness(&devnull, &buf, &buf2, &shadow, &known, NULL);
   return 0;
 }
 
