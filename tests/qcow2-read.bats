@@ -117,7 +117,9 @@ splice_calls() { grep -c '^[0-9]* *splice(' "$1" || true; }
 traced_read() {
   local log=$1
   shift
-  strace -f -qq -e trace=splice -o "$log" "$FDE" -r -p "$WORK/traced.pid" "$@" "$IMG" \
+  # LeakSanitizer cannot run under ptrace (sanitizer builds)
+  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
+    strace -f -qq -e trace=splice -o "$log" "$FDE" -r -p "$WORK/traced.pid" "$@" "$IMG" \
     >"$WORK/traced.out" 2>&1 3>&- &
   local tracer=$!
   wait_mounted "$IMG" || { kill "$tracer"; fail "no view: $(cat "$WORK/traced.out")"; }
