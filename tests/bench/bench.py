@@ -37,8 +37,11 @@
 #     overhead, not the disk.
 #   * Each peer gets a fresh copy of each image, and all of them serve their
 #     copies at once: the peers take turns run by run (ours, qsd, qcowmount,
-#     ours, ...), so a slow moment of the machine does not fall on one peer
-#     only.  The read jobs run first, then the write jobs, in JOBS order, so
+#     ours, ...), each run after a sync, so a slow moment of the machine or
+#     the writeback of an earlier run does not fall on one peer only.  raw
+#     and the fully allocated qcow2 are served and measured together in the
+#     same way, so that "qcow2 within 15% of raw" is as fair a comparison.
+#     The read jobs run first, then the write jobs, in JOBS order, so
 #     the write jobs see the writes of the previous write jobs (the same
 #     sequence for every peer).  Writes to compressed clusters or to
 #     clusters of the backing file allocate new clusters: that is part of
@@ -236,6 +239,10 @@ class Peer:
     def available(self):
         return have(self.command)
 
+    def fresh(self):
+        """A new instance like this one, to serve another view."""
+        return type(self)()
+
     def supports(self, fmt):
         return True
 
@@ -258,6 +265,9 @@ class FuseDiskExport(Peer):
     def __init__(self, binary):
         super().__init__()
         self.command = binary
+
+    def fresh(self):
+        return FuseDiskExport(self.command)
 
     def start(self, image, fmt, workdir):
         pidfile = os.path.join(workdir, "fde.pid")
@@ -674,61 +684,77 @@ def ordered_jobs(cfg):
 
 # ---------------------------------------------------------------- main
 
-def start_peers(peers, cfg, img, path, fmt, work, res, notes):
-    """Start every peer that serves fmt on its own copy of the image (the
-    read-only ones on the pristine image); return [(peer, view, jobs)]."""
+def start_peers(peers, cfg, group, work, res, notes):
+    """Start a fresh instance of every peer that serves the format of each
+    image of the group, on its own copy (the read-only peers on the
+    pristine image); return [(image, peer, view, jobs)]."""
     live = []
-    for peer in peers:
-        if not peer.supports(fmt):
-            continue
-        jobs = [j for j in ordered_jobs(cfg) if peer.writes or not j[1]]
-        wdir = os.path.join(work, f"{peer.name}-{img}")
-        os.makedirs(wdir)
-        src = path
-        if peer.writes:
-            src = working_copy(path, os.path.join(wdir, os.path.basename(path)), fmt)
-        log(f"{peer.name}: {img}")
-        try:
-            live.append((peer, peer.start(src, fmt, wdir), jobs))
-        except Exception as e:          # noqa: BLE001
-            notes.append(f"{peer.name} on {img}: could not start: {e}")
-            for j in jobs:
-                res[(peer.name, img, j[0])] = NA_ERR
-            peer.cleanup()
+    for img, (path, fmt) in group:
+        for proto in peers:
+            if not proto.supports(fmt):
+                continue
+            peer = proto.fresh()
+            jobs = [j for j in ordered_jobs(cfg) if peer.writes or not j[1]]
+            wdir = os.path.join(work, f"{peer.name}-{img}")
+            os.makedirs(wdir)
+            src = path
+            if peer.writes:
+                src = working_copy(path, os.path.join(wdir, os.path.basename(path)), fmt)
+            log(f"{peer.name}: {img}")
+            try:
+                live.append((img, peer, peer.start(src, fmt, wdir), jobs))
+            except Exception as e:      # noqa: BLE001
+                notes.append(f"{peer.name} on {img}: could not start: {e}")
+                for j in jobs:
+                    res[(peer.name, img, j[0])] = NA_ERR
+                peer.cleanup()
     return live
 
 
-def bench_image(peers, cfg, img, path, fmt, work, res, rss, notes):
-    """Every job on every peer's view of one image.  The peers take turns
-    run by run, so that the machine's slow and fast moments fall on all of
-    them alike; the median of each peer's runs is kept."""
-    live = start_peers(peers, cfg, img, path, fmt, work, res, notes)
-    failed = {}                         # (peer, reason) -> jobs
+def bench_group(peers, cfg, group, work, res, rss, notes):
+    """Every job on every peer's view of each image of the group.  All the
+    views are live at once and take turns run by run (after a sync, so that
+    no run pays for the writeback of an earlier one), so the machine's slow
+    and fast moments fall on all of them alike; the median of each view's
+    runs is kept.  Grouping raw with the fully allocated qcow2 makes their
+    comparison as fair as the peers'."""
+    live = start_peers(peers, cfg, group, work, res, notes)
+    failed = {}                         # (peer, image, reason) -> jobs
     try:
         for job in ordered_jobs(cfg):
-            log(f"{img}: {job[0]}")
-            runs = {p.name: [] for p, _, jobs in live if job in jobs}
+            log(f"{', '.join(img for img, _ in group)}: {job[0]}")
+            runs = {(img, p.name): [] for img, p, _, jobs in live if job in jobs}
             for _ in range(cfg.repeat):
-                for peer, view, _ in live:
-                    if not isinstance(runs.get(peer.name), list):
+                for img, peer, view, _ in live:
+                    key = (img, peer.name)
+                    if not isinstance(runs.get(key), list):
                         continue        # not this peer's job, or failed
+                    os.sync()
                     try:
                         if not is_mounted(peer.mnt) or not os.path.exists(view):
                             raise RuntimeError("view no longer mounted")
-                        runs[peer.name].append(fio_run(job, view, cfg.size, cfg.runtime))
+                        runs[key].append(fio_run(job, view, cfg.size, cfg.runtime))
                     except Exception as e:  # noqa: BLE001
-                        runs[peer.name] = None
-                        failed.setdefault((peer.name, str(e)), []).append(job[0])
-            for name, rs in runs.items():
+                        runs[key] = None
+                        failed.setdefault((peer.name, img, str(e)), []).append(job[0])
+            for (img, name), rs in runs.items():
                 res[(name, img, job[0])] = NA_ERR if rs is None else (
                     statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
     finally:
-        for peer, _, _ in live:
+        for img, peer, _, _ in live:
             rss[(peer.name, img)] = peer.stop()
-        for (name, reason), js in failed.items():
+        for (name, img, reason), js in failed.items():
             notes.append(f"{name} on {img}, {', '.join(js)}: {reason}")
-        for peer, _, _ in live:
+        for img, peer, _, _ in live:
             shutil.rmtree(os.path.join(work, f"{peer.name}-{img}"), ignore_errors=True)
+
+
+def image_groups(imgs):
+    """raw and qcow2-full together (their ratio is a target), the rest
+    alone: fewer live copies at once than one big group."""
+    together = [(k, imgs[k]) for k in ("raw", TARGET_IMAGE) if k in imgs]
+    rest = [[(k, v)] for k, v in imgs.items() if k not in ("raw", TARGET_IMAGE)]
+    return ([together] if together else []) + rest
 
 
 def parse_args():
@@ -816,8 +842,8 @@ def main():
                     notes.append(f"ceiling, {j[0]}: {e}")
             os.unlink(plain)
 
-            for img, (path, fmt) in imgs.items():
-                bench_image(peers, cfg, img, path, fmt, work, res, rss, notes)
+            for group in image_groups(imgs):
+                bench_group(peers, cfg, group, work, res, rss, notes)
         else:
             notes.append("throughput skipped: fio missing")
 
