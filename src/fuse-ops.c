@@ -19,7 +19,7 @@
 #define MAX_REQUEST (1u << 20)  /* max_read and max_write */
 #define MAX_SPLICE_BUFS 16      /* pieces in one spliced read reply */
 #define SPLICE_MIN_PAGE 4096    /* libfuse copies replies under two pages */
-#define MIN_SPLICE_READ (128u << 10)  /* smaller requests cost more than copies */
+#define MIN_SPLICE_READ (128u << 10)  /* below: copy 1 MiB requests instead */
 
 static struct export *
 export_of(fuse_req_t req)
@@ -95,12 +95,12 @@ fuse_ops_plan(struct export *exp)
   if (!exp->opts->no_splice && exp->disk->format->map != NULL)
     limit = splice_limit();
   exp->max_read = MAX_REQUEST;
-  while (limit > 0 && exp->max_read > limit
-         && exp->max_read > MIN_SPLICE_READ)
-    exp->max_read /= 2;
-  exp->splice_max = limit >= exp->max_read ? exp->max_read : 0;
-  if (exp->splice_max == 0)
-    exp->max_read = MAX_REQUEST;
+  exp->splice_max = 0;
+  if (limit >= MIN_SPLICE_READ) {
+    while (exp->max_read > limit)
+      exp->max_read /= 2;
+    exp->splice_max = exp->max_read;
+  }
 }
 
 /** The kernel's FUSE_INIT: negotiate, then tell export_wait_live. */

@@ -345,7 +345,8 @@ qcow2_map_file(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
   *run = e.len;
   if (e.kind == QCOW2_DATA) {
     /* data_end only grows, and only after the bytes are written. */
-    if (e.host > q->data_end || e.len > q->data_end - e.host)
+    uint64_t end = q->data_end;
+    if (e.host > end || e.len > end - e.host)
       return 0;
     *fd = q->fd;
     *host = e.host;
