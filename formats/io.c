@@ -1,13 +1,140 @@
-/* fuse-disk-export: whole-range pread/pwrite helpers shared by backends. */
+/* fuse-disk-export: the one place where the backends do I/O on image
+ * files, and the whole-range helpers built on it.
+ *
+ * Every pread, pwrite, fdatasync, fallocate and ftruncate a backend makes
+ * on an image file goes through the fde_io_* / fde_* calls below, so that
+ * a test can count them and make any one of them fail (the "testing"
+ * section of format.h).  When no test has armed the seam, the price is
+ * one relaxed atomic load per call. */
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "format.h"
 
+/* The test control (process wide, as the I/O it watches).  armed is the
+ * only thing a call reads when no test uses the seam. */
+static atomic_bool armed;
+static atomic_uint_fast64_t calls;      /* calls counted since arming */
+static atomic_uint_fast64_t fail_at;    /* 1-based call to fail, 0: none */
+static atomic_int fail_errno;
+static atomic_uint_fast64_t injected;   /* faults injected since arming */
+
+/* The test control: see format.h, "testing only". */
+void
+fde_io_fault_arm(uint64_t nth, int err)
+{
+  atomic_store(&calls, 0);
+  atomic_store(&injected, 0);
+  atomic_store(&fail_errno, err > 0 ? err : EIO);
+  atomic_store(&fail_at, nth);
+  atomic_store(&armed, true);
+}
+
+void
+fde_io_fault_disarm(void)
+{
+  atomic_store(&armed, false);
+  atomic_store(&fail_at, 0);
+}
+
+uint64_t
+fde_io_fault_calls(void)
+{
+  return atomic_load(&calls);
+}
+
+uint64_t
+fde_io_fault_injected(void)
+{
+  return atomic_load(&injected);
+}
+
+/* Count one call; the errno to fail it with, or 0 to let it through. */
+static int
+fault(void)
+{
+  uint64_t n;
+
+  if (__builtin_expect(!atomic_load_explicit(&armed, memory_order_relaxed),
+                       1))
+    return 0;
+  n = atomic_fetch_add(&calls, 1) + 1;
+  if (n != atomic_load(&fail_at))
+    return 0;
+  atomic_fetch_add(&injected, 1);
+  return atomic_load(&fail_errno);
+}
+
+/* The seam's calls: see format.h. */
+ssize_t
+fde_io_pread(int fd, void *buf, size_t len, uint64_t off)
+{
+  int err = fault();
+  ssize_t r;
+
+  if (err)
+    return -err;
+  if (off > (uint64_t) INT64_MAX)
+    return -EINVAL;
+  r = pread(fd, buf, len, (off_t) off);
+  return r < 0 ? -errno : r;
+}
+
+ssize_t
+fde_io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
+{
+  int err = fault();
+  ssize_t r;
+
+  if (err)
+    return -err;
+  if (off > (uint64_t) INT64_MAX)
+    return -EINVAL;
+  r = pwrite(fd, buf, len, (off_t) off);
+  return r < 0 ? -errno : r;
+}
+
+int
+fde_io_fdatasync(int fd)
+{
+  int err = fault();
+
+  if (err)
+    return -err;
+  return fdatasync(fd) == 0 ? 0 : -errno;
+}
+
+int
+fde_io_fallocate(int fd, int mode, uint64_t off, uint64_t len)
+{
+  int err = fault();
+
+  if (err)
+    return -err;
+  if (off > (uint64_t) INT64_MAX || len > (uint64_t) INT64_MAX - off)
+    return -EINVAL;
+  return fallocate(fd, mode, (off_t) off, (off_t) len) == 0 ? 0 : -errno;
+}
+
+int
+fde_io_ftruncate(int fd, uint64_t size)
+{
+  int err = fault();
+
+  if (err)
+    return -err;
+  if (size > (uint64_t) INT64_MAX)
+    return -EINVAL;
+  return ftruncate(fd, (off_t) size) == 0 ? 0 : -errno;
+}
+
+/* The whole-range helpers, on top of the seam. */
 int
 fde_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
@@ -16,12 +143,11 @@ fde_pread_full(int fd, void *buf, size_t len, uint64_t off)
   if (off > (uint64_t) INT64_MAX - len)
     return -EINVAL;
   while (len > 0) {
-    ssize_t r = pread(fd, p, len, (off_t) off);
-    if (r < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
+    ssize_t r = fde_io_pread(fd, p, len, off);
+    if (r == -EINTR)
+      continue;
+    if (r < 0)
+      return (int) r;
     if (r == 0) {               /* past the end of the file: zeros, as QEMU */
       memset(p, 0, len);
       return 0;
@@ -51,12 +177,11 @@ fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
   if (off > (uint64_t) INT64_MAX - len)
     return -EINVAL;
   while (len > 0) {
-    ssize_t r = pwrite(fd, p, len, (off_t) off);
-    if (r < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
+    ssize_t r = fde_io_pwrite(fd, p, len, off);
+    if (r == -EINTR)
+      continue;
+    if (r < 0)
+      return (int) r;
     if (r == 0)
       return -EIO;
     p += r;

@@ -83,14 +83,30 @@ raw_pread(struct fde_disk *d, void *buf, size_t len, uint64_t off)
   return fde_pread_full(to_raw(d)->fd, buf, len, off);
 }
 
-/* The disk is the file: every run is stored verbatim where it is. */
+/* The disk is the file: every run is stored verbatim where it is, as far
+ * as the file reaches now.  A regular file may have been truncated since
+ * open (the disk keeps its size, and pread reads zeros past the end):
+ * the range named stays inside the file's current size, and a run past
+ * the end is left to pread.  Block devices keep their size (st_size says
+ * nothing there; the front end stays inside the disk). */
 static int
 raw_map(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
         uint64_t *host, uint64_t *run)
 {
+  struct stat st;
+
+  *run = len;
+  if (fstat(to_raw(d)->fd, &st) == -1)
+    return -errno;
+  if (S_ISREG(st.st_mode)) {
+    uint64_t end = st.st_size > 0 ? (uint64_t) st.st_size : 0;
+    if (off >= end)
+      return 0;                 /* all past the end: pread's zeros */
+    if (len > end - off)
+      *run = end - off;
+  }
   *fd = to_raw(d)->fd;
   *host = off;
-  *run = len;
   return 1;
 }
 
@@ -121,15 +137,16 @@ write_zeros(int fd, uint64_t off, uint64_t len)
 static int
 try_fallocate(int fd, int mode, uint64_t off, uint64_t len, bool *can)
 {
+  int r;
+
   if (!*can)
     return -EOPNOTSUPP;
-  if (fallocate(fd, mode, (off_t) off, (off_t) len) == 0)
-    return 0;
-  if (errno == EOPNOTSUPP || errno == ENOSYS) {
+  r = fde_io_fallocate(fd, mode, off, len);
+  if (r == -EOPNOTSUPP || r == -ENOSYS) {
     *can = false;
     return -EOPNOTSUPP;
   }
-  return -errno;
+  return r;
 }
 
 static int
@@ -156,7 +173,7 @@ raw_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
 static int
 raw_flush(struct fde_disk *d)
 {
-  return fdatasync(to_raw(d)->fd) == 0 ? 0 : -errno;
+  return fde_io_fdatasync(to_raw(d)->fd);
 }
 
 /* SEEK_DATA/SEEK_HOLE on the image: where the host file system has no

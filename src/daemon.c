@@ -1,14 +1,20 @@
-/* fuse-disk-export: going into the background with a readiness pipe, and
- * the pid file.  The parent of a daemon returns only when the child says
- * every export is live (status byte 0) or failed (its exit status). */
+/* fuse-disk-export: going into the background with a readiness pipe, the
+ * pid file, and --stop.  The parent of a daemon returns only when the
+ * child says every export is live (status byte 0) or failed (its exit
+ * status); --stop returns only when the daemon has exited, and says from
+ * its pid file whether it reverted cleanly. */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -193,4 +199,191 @@ daemon_cleanup(struct daemon_state *ds)
     unlink(ds->pid_file);
   free(ds->pid_file);
   ds->pid_file = NULL;
+}
+
+/* The daemon's last act, after the revert.  Success: remove the pid file.
+ * Failure: replace it (atomically) by the record --stop reads,
+ *   PID
+ *   revert-failed STATUS
+ * so that whoever waits for the daemon learns that the path may not show
+ * a complete image (the messages went to syslog). */
+void
+daemon_finish(struct daemon_state *ds, int status)
+{
+  char buf[64];
+  int len;
+
+  if (status == EXIT_OK || ds->pid_file == NULL || ds->pid_tmp != NULL) {
+    daemon_cleanup(ds);
+    return;
+  }
+  len = snprintf(buf, sizeof buf, "%ld\nrevert-failed %d\n",
+                 (long) getpid(), status);
+  if (asprintf(&ds->pid_tmp, "%s.XXXXXX", ds->pid_file) == -1
+      || (ds->pid_tmp_fd = mkostemp(ds->pid_tmp, O_CLOEXEC)) == -1) {
+    free(ds->pid_tmp);
+    ds->pid_tmp = NULL;
+  }
+  if (ds->pid_tmp == NULL || fchmod(ds->pid_tmp_fd, 0644) == -1
+      || fde_pwrite_full(ds->pid_tmp_fd, buf, (size_t) len, 0) < 0
+      || close(ds->pid_tmp_fd) == -1
+      || rename(ds->pid_tmp, ds->pid_file) == -1) {
+    fde_error("cannot record the failed revert in %s: %s", ds->pid_file,
+              strerror(errno));
+    if (ds->pid_tmp != NULL)
+      unlink(ds->pid_tmp);
+  }
+  ds->pid_tmp_fd = -1;
+  free(ds->pid_tmp);
+  ds->pid_tmp = NULL;
+  free(ds->pid_file);
+  ds->pid_file = NULL;
+}
+
+/* What a pid file says: the daemon's pid and, after a failed revert, its
+ * exit status (-1: none recorded).  0, or -errno / -EINVAL. */
+static int
+read_pid_file(const char *pid_file, long *pid, int *failed_status)
+{
+  char buf[128], *end;
+  ssize_t n;
+  int fd = open(pid_file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+
+  if (fd == -1)
+    return -errno;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n < 0)
+    return -EIO;
+  buf[n] = '\0';
+  errno = 0;
+  *pid = strtol(buf, &end, 10);
+  if (errno != 0 || end == buf || *pid <= 1 || *pid > INT_MAX
+      || (*end != '\n' && *end != '\0'))
+    return -EINVAL;
+  *failed_status = -1;
+  if (*end == '\n' && sscanf(end + 1, "revert-failed %d", failed_status) != 1)
+    *failed_status = -1;
+  return 0;
+}
+
+/* Is process pid an instance of this program?  Its executable is ours, or
+ * (when /proc/PID/exe is not ours to read, or the program was replaced
+ * since) its argv[0] is named fuse-disk-export. */
+static bool
+is_fuse_disk_export(long pid)
+{
+  char path[64], cmd[PATH_MAX];
+  struct stat self, other;
+  const char *base;
+  ssize_t n;
+  int fd;
+
+  snprintf(path, sizeof path, "/proc/%ld/exe", pid);
+  if (stat("/proc/self/exe", &self) == 0 && stat(path, &other) == 0
+      && self.st_dev == other.st_dev && self.st_ino == other.st_ino)
+    return true;
+  snprintf(path, sizeof path, "/proc/%ld/cmdline", pid);
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+    return false;
+  n = read(fd, cmd, sizeof cmd - 1);
+  close(fd);
+  if (n <= 0)
+    return false;
+  cmd[n] = '\0';
+  base = strrchr(cmd, '/');
+  return strcmp(base != NULL ? base + 1 : cmd, "fuse-disk-export") == 0;
+}
+
+/* Open a pidfd on the daemon named by the pid file and check that it is
+ * this program.  The check holds for the pidfd's process: if that process
+ * is still alive after the check (signal 0 through the pidfd), the pid
+ * was not reused in between.  The pidfd, or -1 with a message. */
+static int
+open_daemon(const char *pid_file, long pid)
+{
+  int pidfd = pidfd_open((pid_t) pid, 0);
+
+  if (pidfd == -1) {
+    if (errno == ESRCH)
+      fde_error("%s: daemon %ld is not running, and left its pid file: "
+                "it was killed or crashed; check its paths for a dead "
+                "mount", pid_file, pid);
+    else
+      fde_error("%s: pidfd_open %ld: %s", pid_file, pid, strerror(errno));
+    return -1;
+  }
+  if (!is_fuse_disk_export(pid) || pidfd_send_signal(pidfd, 0, NULL, 0)
+      == -1) {
+    fde_error("%s: process %ld is not fuse-disk-export (a stale pid file?); "
+              "not signalled", pid_file, pid);
+    close(pidfd);
+    return -1;
+  }
+  return pidfd;
+}
+
+/* After the daemon has exited: did it revert cleanly?  Its pid file is
+ * gone (or already another daemon's) if so.  An exit status. */
+static int
+stop_outcome(const char *pid_file, long pid)
+{
+  long now_pid;
+  int failed, r = read_pid_file(pid_file, &now_pid, &failed);
+
+  if (r == -ENOENT || (r == 0 && now_pid != pid)) {
+    fde_debug("daemon %ld reverted its exports and exited", pid);
+    return EXIT_OK;
+  }
+  if (r == 0 && failed >= 0) {
+    fde_error("daemon %ld did not revert cleanly (exit status %d); its "
+              "messages are in the system log", pid, failed);
+    unlink(pid_file);           /* reported: the record is consumed */
+  }
+  else
+    fde_error("daemon %ld exited without reverting (killed?); check its "
+              "paths for a dead mount", pid);
+  return EXIT_FAIL;
+}
+
+/* --stop: signal the daemon named by pid_file (SIGTERM, through a pidfd:
+ * no pid-reuse race), wait until it has exited (at most timeout_s
+ * seconds; 0 waits for ever) and say whether it reverted cleanly.  A
+ * failure record left by a daemon that already exited is reported and
+ * removed.  An exit status: 0 only for a clean revert. */
+int
+daemon_stop(const char *pid_file, unsigned timeout_s)
+{
+  struct pollfd pfd = { .events = POLLIN };
+  long pid;
+  int failed, r = read_pid_file(pid_file, &pid, &failed);
+
+  if (r < 0) {
+    fde_error("%s: %s", pid_file, r == -ENOENT
+              ? "no such pid file (no daemon running?)"
+              : r == -EINVAL ? "not a fuse-disk-export pid file"
+              : strerror(-r));
+    return EXIT_FAIL;
+  }
+  if (failed >= 0)
+    return stop_outcome(pid_file, pid);
+  if ((pfd.fd = open_daemon(pid_file, pid)) == -1)
+    return EXIT_FAIL;
+  if (pidfd_send_signal(pfd.fd, SIGTERM, NULL, 0) == -1 && errno != ESRCH) {
+    fde_error("%s: cannot signal daemon %ld: %s", pid_file, pid,
+              strerror(errno));
+    close(pfd.fd);
+    return EXIT_FAIL;
+  }
+  do
+    r = poll(&pfd, 1, timeout_s > 0 ? (int) timeout_s * 1000 : -1);
+  while (r == -1 && errno == EINTR);
+  close(pfd.fd);
+  if (r == 0) {
+    fde_error("%s: daemon %ld is still running after %u s (a view still in "
+              "use?); it reverts once its last user has gone", pid_file,
+              pid, timeout_s);
+    return EXIT_FAIL;
+  }
+  return stop_outcome(pid_file, pid);
 }

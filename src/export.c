@@ -6,21 +6,22 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/sysmacros.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
 
 #define READ_AHEAD_KB 1024      /* one or more read requests (max_read) */
+#define QUIESCE_MS 1000         /* export_quiesce's wait for open files */
+#define LOOP_END_MS 5000        /* wait for the loop after an abort */
 
 /* Refuse a path that is already a mount point, saying what to do. */
 static int
@@ -74,6 +75,107 @@ open_image_file(struct export *exp, const char *abspath, int *fdp)
   }
   *fdp = fd;
   return 0;
+}
+
+/* The pid holding a flock(2) on the file (dev, ino), from /proc/locks,
+ * or 0 if none is listed. */
+static long
+flock_holder(const struct stat *st)
+{
+  char line[256], type[16];
+  unsigned maj, min;
+  unsigned long ino;
+  long pid, found = 0;
+  FILE *f = fopen("/proc/locks", "re");
+
+  if (f == NULL)
+    return 0;
+  while (found == 0 && fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%lu", type, &pid, &maj,
+               &min, &ino) == 5
+        && strcmp(type, "FLOCK") == 0 && maj == major(st->st_dev)
+        && min == minor(st->st_dev) && ino == st->st_ino)
+      found = pid;
+  fclose(f);
+  return found;
+}
+
+/* Take an exclusive flock(2) on fd without waiting.  0, or EXIT_BUSY with
+ * a message naming the holder.  File systems without flock are fine: the
+ * mount-table check still runs. */
+static int
+claim_file(int fd, const char *path)
+{
+  struct stat st;
+  long pid;
+
+  if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+    return 0;
+  if (errno != EWOULDBLOCK) {
+    fde_debug("%s: flock: %s", path, strerror(errno));
+    return 0;
+  }
+  pid = fstat(fd, &st) == 0 ? flock_holder(&st) : 0;
+  if (pid > 0)
+    fde_error("%s: already being exported by fuse-disk-export (pid %ld); "
+              "stop that export first", path, pid);
+  else
+    fde_error("%s: already being exported (another fuse-disk-export "
+              "holds it); stop that export first", path);
+  return EXIT_BUSY;
+}
+
+/* Two launches must never both mount on one path.  From before the "is
+ * it exported already?" check until the view is live (see
+ * export_release_claim) an export holds an exclusive flock(2) on the -m
+ * file and on the image's open file description: QEMU takes no flock, so
+ * only another fuse-disk-export collides, and the later one exits at once
+ * with EXIT_BUSY.  The check is repeated under the claim: a launch that
+ * opened the path after another's view appeared holds the view, not the
+ * image, and finds that view in the mount table.  QEMU's lock bytes are
+ * taken after this (fde_disk_open), so two writers starting at once do
+ * not both fail on them.  An exit status. */
+static int
+claim_export(struct export *exp, const char *image_abspath, int fd)
+{
+  int r;
+
+  exp->claim_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (exp->claim_fd == -1) {
+    fde_error("%s: %s", exp->image, strerror(errno));
+    return EXIT_FAIL;
+  }
+  if (exp->opts->probe_only)     /* a probe mounts nothing: no claim */
+    return check_not_mounted(image_abspath);
+  if (strcmp(exp->mountpoint, image_abspath) != 0 && exp->mnt_pfd != -1) {
+    char proc[40];                /* the -m file we resolved, not its name */
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", exp->mnt_pfd);
+    exp->claim_mnt_fd = open(proc, O_RDONLY | O_NONBLOCK | O_CLOEXEC
+                             | O_NOCTTY);
+    if (exp->claim_mnt_fd != -1
+        && (r = claim_file(exp->claim_mnt_fd, exp->mountpoint)) != 0)
+      return r;
+  }
+  if ((r = claim_file(exp->claim_fd, exp->image)) != 0
+      || (r = check_not_mounted(exp->mountpoint)) != 0)
+    return r;
+  if (strcmp(exp->mountpoint, image_abspath) != 0)
+    r = check_not_mounted(image_abspath);
+  return r;
+}
+
+/* The view is live: others now find it in the mount table, so the claim
+ * can go (read-only exports of one image on two paths may then start).
+ * claim_fd stays open: it keeps the image's lock bytes until close. */
+void
+export_release_claim(struct export *exp)
+{
+  if (exp->claim_fd != -1)
+    flock(exp->claim_fd, LOCK_UN);
+  if (exp->claim_mnt_fd != -1) {
+    close(exp->claim_mnt_fd);
+    exp->claim_mnt_fd = -1;
+  }
 }
 
 /* Pick the format: -f, else probe (refusing formats we do not serve). */
@@ -162,7 +264,18 @@ resolve_unmounted(const char *path, char **out)
   return r;
 }
 
-/* The view's path: the image itself, or the -m file (absolute, resolved).
+/* "/proc/self/fd/N": the file behind descriptor fd, found by the kernel
+ * without looking up any name (it does not cross a mount stacked on the
+ * file either). */
+static void
+fd_path(int fd, char *buf, size_t len)
+{
+  snprintf(buf, len, "/proc/self/fd/%d", fd);
+}
+
+/* The view's path: the image itself, or the -m file (absolute, resolved),
+ * resolved once: exp->mnt_pfd keeps the file it named, and from then on
+ * that descriptor, not the name, says which file the view goes on.
  * A user who is not root mounts through fusermount3, which needs write
  * permission on the mount point even for a read-only export. */
 static int
@@ -170,27 +283,46 @@ resolve_mountpoint(struct export *exp)
 {
   const char *target = exp->opts->mountpoint ? exp->opts->mountpoint
                                              : exp->image;
-  struct stat st;
+  struct stat *st = &exp->mnt_st;
+  char proc[64];
   int r = resolve_unmounted(target, &exp->mountpoint);
 
   if (r != 0)
     return r;
-  if (stat(exp->mountpoint, &st) == -1) {
+  /* O_NOFOLLOW: the name was resolved; a symlink now is a swap. */
+  exp->mnt_pfd = open(exp->mountpoint, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (exp->mnt_pfd == -1 || fstat(exp->mnt_pfd, st) == -1) {
     fde_error("%s: %s", target, strerror(errno));
-    return EXIT_IMAGE;
+    return errno == ENOENT ? EXIT_IMAGE : EXIT_FAIL;
   }
-  if (!S_ISREG(st.st_mode)) {
-    fde_error("%s: %s", target, S_ISDIR(st.st_mode) ? "is a directory"
+  if (!S_ISREG(st->st_mode)) {
+    fde_error("%s: %s", target, S_ISDIR(st->st_mode) ? "is a directory"
               : "not a regular file");
     return EXIT_IMAGE;
   }
-  if (geteuid() != 0 && access(exp->mountpoint, W_OK) == -1) {
+  fd_path(exp->mnt_pfd, proc, sizeof proc);
+  if (geteuid() != 0 && access(proc, W_OK) == -1) {
     fde_error("%s: no write permission: a user other than root mounts "
               "through fusermount3, which needs it on the mount point, even "
               "with -r", target);
     return EXIT_FAIL;
   }
   return 0;
+}
+
+/* Without -m the view goes on the image itself: the file opened as the
+ * image must be the one resolved as the mount point (a rename or a
+ * symlink swap between the two lookups would make them differ). */
+static int
+check_same_file(struct export *exp)
+{
+  if (exp->opts->mountpoint != NULL
+      || (exp->image_st.st_dev == exp->mnt_st.st_dev
+          && exp->image_st.st_ino == exp->mnt_st.st_ino))
+    return 0;
+  fde_error("%s: the path changed while it was being opened; not "
+            "exported", exp->image);
+  return EXIT_FAIL;
 }
 
 /* Open the image and its whole chain; nothing is mounted.  An exit status. */
@@ -203,7 +335,10 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   int fd = -1, r;
 
   memset(exp, 0, sizeof *exp);
-  exp->lock_pipe = -1;
+  exp->mnt_pfd = -1;
+  exp->claim_fd = exp->claim_mnt_fd = -1;
+  pthread_mutex_init(&exp->open_lock, NULL);
+  pthread_cond_init(&exp->open_cond, NULL);
   exp->opts = opts;
   exp->image = image;
   pthread_mutex_init(&exp->sector0_lock, NULL);
@@ -215,6 +350,8 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   if ((r = resolve_unmounted(image, &abspath)) != 0)
     goto out;
   if ((r = open_image_file(exp, abspath, &fd)) != 0
+      || (r = claim_export(exp, abspath, fd)) != 0
+      || (r = check_same_file(exp)) != 0
       || (r = choose_format(exp, fd, &fmt)) != 0)
     goto out;
   struct fde_open_params params = {
@@ -223,6 +360,8 @@ export_open(struct export *exp, const struct options *opts, const char *image)
     .zcache_bytes = opts->zcache_bytes,
     .allow_bdev_backing = opts->allow_bdev_backing,
     .verbose = opts->verbose, .chain = &chain,
+    /* the view is the owner's: every file the chain names must be too */
+    .owner = fde_owner_of(exp->image_st.st_uid, exp->image_st.st_gid),
   };
   r = fde_disk_open(fmt, &params, &exp->disk);
   if (r < 0) {
@@ -252,14 +391,11 @@ export_describe(struct export *exp, FILE *out)
           (unsigned long long) d->format->allocated_bytes(d));
   fprintf(out, "writable: %s\n", d->read_only ? "no" : "yes");
   d->format->describe(d, out);
-  /* Only before mounting: afterwards the path is the view itself. */
-  if (d->format == &fde_format_raw && !exp->mounted) {
-    int fd = open(exp->image_abspath, O_RDONLY | O_CLOEXEC);
-    if (fd != -1) {
-      probe_describe_raw(fd, out);
-      close(fd);
-    }
-  }
+  /* Through the descriptor opened at the start (claim_fd shares the
+   * image's open file), never the name: once mounted, the name is the view
+   * itself, and a name looked up again may be another file. */
+  if (d->format == &fde_format_raw && exp->claim_fd != -1)
+    probe_describe_raw(exp->claim_fd, out);
   return 0;
 }
 
@@ -323,13 +459,94 @@ mount_options(struct export *exp, char *buf, size_t cap)
   return 0;
 }
 
-/* Create the FUSE session and mount it on the view's path.  0 or -1. */
+#define VIEW_FSTYPE "fuse.fuse-disk-export"   /* fuse.<subtype> */
+
+/* The file under the view: its path now (readlink of its descriptor) and
+ * the mount it is on.  0 or -1. */
+static int
+mountpoint_now(struct export *exp, char *path, size_t len, int *mnt_id)
+{
+  char proc[64];
+  struct statx stx;
+  ssize_t n;
+
+  fd_path(exp->mnt_pfd, proc, sizeof proc);
+  n = readlink(proc, path, len - 1);
+  if (n <= 0 || (size_t) n >= len - 1)
+    return -1;
+  path[n] = '\0';
+  *mnt_id = -1;                 /* statx cannot say before Linux 5.8 */
+  if (statx(exp->mnt_pfd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) == 0
+      && (stx.stx_mask & STATX_MNT_ID))
+    *mnt_id = (int) stx.stx_mnt_id;
+  return 0;
+}
+
+/* Find the mount just made (the one new mount of our type and source) and
+ * check that it sits on the file resolved at start: its mount point is
+ * that file's dentry (the same path, read before and after the table is
+ * read again, and on the same mount).  A mount point cannot be renamed or
+ * removed in the namespace that sees the mount (EBUSY), so a match cannot
+ * be staged by moving files; only renames of the directories above it,
+ * racing with this check, could make it miss (we then refuse).  0, or -1
+ * with a message (exp->mounted set if the view must still be unmounted). */
+static int
+identify_view(struct export *exp, const struct mount_snapshot *before)
+{
+  char path1[PATH_MAX], path2[PATH_MAX];
+  struct view_mount vm;
+  int mnt1, mnt2, r;
+
+  r = mount_find_new(VIEW_FSTYPE, exp->mountpoint, before, &vm);
+  if (r < 0) {
+    /* Closing the session's /dev/fuse descriptor then ends the connection
+     * of whatever was mounted: it cannot serve anything. */
+    fde_error("%s: cannot find the view in /proc/self/mountinfo (%s)",
+              exp->image, r == -EEXIST ? "another export of this path "
+              "appeared at the same time" : strerror(-r));
+    return -1;
+  }
+  exp->view_dev = vm.dev;
+  exp->mounted = true;
+  view_mount_free(&vm);
+  if (mountpoint_now(exp, path1, sizeof path1, &mnt1) == -1
+      || mount_find_device(exp->view_dev, &vm) < 0) {
+    fde_error("%s: cannot tell where the view was mounted", exp->image);
+    return -1;
+  }
+  r = mountpoint_now(exp, path2, sizeof path2, &mnt2);
+  if (r == -1 || strcmp(path1, vm.path) != 0 || strcmp(path2, vm.path) != 0
+      || (mnt1 != -1 && vm.parent != mnt1) || mnt1 != mnt2) {
+    fde_error("%s: the view landed on another file, %s (the file opened "
+              "as %s is now %s); not exported", exp->image, vm.path,
+              exp->mountpoint, r == -1 ? "unknown" : path2);
+    view_mount_free(&vm);
+    return -1;
+  }
+  view_mount_free(&vm);
+  return 0;
+}
+
+/* Create the FUSE session and mount it on the file resolved at start.
+ * As root, libfuse's mount(2) gets "/proc/self/fd/N" of that file's
+ * O_PATH descriptor: the kernel mounts on exactly that file, whatever its
+ * name leads to now (libfuse 3.14's fuse_mount_sys stats that path, which
+ * follows the descriptor too, and would record it in /etc/mtab only where
+ * that is a writable file rather than the usual link to /proc/mounts; the
+ * mount's source is our fsname either way).  A user other than root mounts through fusermount3,
+ * which looks the name up again: the name is checked just before, and
+ * the mount found afterwards is checked to be on our file (identify_view);
+ * a view that landed elsewhere is unmounted again.  0 or -1. */
 int
 export_mount(struct export *exp)
 {
-  char opts[PATH_MAX * 2 + 128];
+  char opts[PATH_MAX * 2 + 128], target[64];
   char *argv[] = { "fuse-disk-export", "-o", opts, NULL };
   struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+  struct mount_snapshot before;
+  const char *where = exp->mountpoint;
+  struct stat st;
+  int r;
 
   fuse_ops_plan(exp);
   if (mount_options(exp, opts, sizeof opts) == -1)
@@ -340,14 +557,34 @@ export_mount(struct export *exp)
     fde_error("%s: cannot create the FUSE session", exp->image);
     return -1;
   }
-  if (fuse_session_mount(exp->se, exp->mountpoint) != 0) {
-    fde_error("%s: cannot mount the view on %s", exp->image, exp->mountpoint);
-    fuse_session_destroy(exp->se);
-    exp->se = NULL;
+  if ((r = mount_snapshot_take(VIEW_FSTYPE, exp->mountpoint, &before)) < 0) {
+    fde_error("%s: cannot read /proc/self/mountinfo: %s", exp->image,
+              strerror(-r));
     return -1;
   }
-  exp->mounted = true;
-  return 0;
+  if (geteuid() == 0) {
+    fd_path(exp->mnt_pfd, target, sizeof target);
+    where = target;
+  }
+  else if (lstat(exp->mountpoint, &st) == -1
+           || st.st_dev != exp->mnt_st.st_dev
+           || st.st_ino != exp->mnt_st.st_ino) {
+    fde_error("%s: %s is no longer the file it was at start; not exported",
+              exp->image, exp->mountpoint);
+    mount_snapshot_free(&before);
+    return -1;
+  }
+  /* libfuse keeps this name for fuse_session_unmount, which would
+   * unmount by it: export_unmount goes by the device instead, and
+   * release_session lets libfuse have it only once the connection ended. */
+  if (fuse_session_mount(exp->se, where) != 0) {
+    fde_error("%s: cannot mount the view on %s", exp->image, exp->mountpoint);
+    mount_snapshot_free(&before);
+    return -1;
+  }
+  r = identify_view(exp, &before);
+  mount_snapshot_free(&before);
+  return r;
 }
 
 static void *
@@ -399,7 +636,7 @@ int
 export_wait_live(struct export *exp)
 {
   struct timespec deadline;
-  dev_t dev;
+  struct view_mount vm;
   bool done;
 
   clock_gettime(CLOCK_REALTIME, &deadline);
@@ -414,156 +651,213 @@ export_wait_live(struct export *exp)
   /* No thread of ours ever touches the view itself: a request to our own
    * mount in flight when SIGKILL arrives would never be answered, and the
    * dying process would hang in the kernel. */
-  if (!done || !mount_device(exp->mountpoint, &dev)) {
+  if (!done || mount_find_device(exp->view_dev, &vm) < 0) {
     fde_error("%s: the view on %s did not come up", exp->image,
               exp->mountpoint);
     return -1;
   }
-  raise_readahead(dev);
+  view_mount_free(&vm);
+  raise_readahead(exp->view_dev);
   return 0;
 }
 
-/* The lock holder: open the view, take the locks, report one status byte
- * on fd 3, then wait until fd 4 reaches end of file (the daemon closed it
- * or died).  It keeps no other descriptor, least of all /dev/fuse (the
- * connection must end with the daemon), and its view descriptor stays
- * open: closing it would drop the locks. */
-static void __attribute__((noreturn))
-lock_holder(struct export *exp, int ready, int hold)
-{
-  unsigned char status = 1;
-  char c;
-  int fd;
-
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (dup2(ready, 3) == -1 || dup2(hold, 4) == -1
-      || syscall(SYS_close_range, 5, ~0u, 0) == -1)
-    _exit(1);
-  fd = open(exp->mountpoint, O_RDONLY | O_CLOEXEC);
-  if (fd != -1 && fde_lock_image(fd, exp->image, !exp->disk->read_only) == 0)
-    status = 0;
-  else if (fd == -1)
-    fde_error("%s: cannot open the view: %s", exp->mountpoint,
-              strerror(errno));
-  if (write(3, &status, 1) != 1 || status != 0)
-    _exit(1);
-  /* Let go of the terminal or the pipe that reads -d's messages. */
-  if ((fd = open("/dev/null", O_RDWR)) != -1) {
-    dup2(fd, 0);
-    dup2(fd, 1);
-    dup2(fd, 2);
-  }
-  while (read(4, &c, 1) == -1 && errno == EINTR)
-    ;
-  _exit(0);
-}
-
-/* A program that opens the image's path while it is exported reaches the
- * view, not the file underneath, so the image locks must be visible on the
- * view too (the kernel keeps locks on FUSE files itself): a small child
- * process holds them on a descriptor of the view, so that QEMU refuses to
- * open the exported image for writing as it would for an image in use.  A
- * child, not a thread: no thread of the daemon may wait on its own mount. */
-int
-export_lock_view(struct export *exp)
-{
-  int ready[2], hold[2];
-  unsigned char status = 1;
-  pid_t pid;
-
-  if (pipe2(ready, O_CLOEXEC) == -1)
-    return -1;
-  if (pipe2(hold, O_CLOEXEC) == -1) {
-    close(ready[0]);
-    close(ready[1]);
-    return -1;
-  }
-  fflush(NULL);
-  pid = fork();
-  if (pid == 0)
-    lock_holder(exp, ready[1], hold[0]);
-  close(ready[1]);
-  close(hold[0]);
-  if (pid != -1 && read(ready[0], &status, 1) == 1 && status == 0) {
-    exp->lock_pid = pid;
-    exp->lock_pipe = hold[1];
-    close(ready[0]);
-    return 0;
-  }
-  close(ready[0]);
-  close(hold[1]);
-  if (pid != -1)
-    waitpid(pid, NULL, 0);
-  return -1;
-}
-
-/* Let the lock holder go, and wait until it has closed the view. */
+/* Where the view is now (it moves with the directories above it). */
 static void
-release_view_locks(struct export *exp)
+view_path_now(struct export *exp, char *buf, size_t len)
 {
-  if (exp->lock_pipe == -1)
-    return;
-  close(exp->lock_pipe);
-  exp->lock_pipe = -1;
-  while (waitpid(exp->lock_pid, NULL, 0) == -1 && errno == EINTR)
-    ;
+  struct view_mount vm;
+
+  if (mount_find_device(exp->view_dev, &vm) == 0) {
+    snprintf(buf, len, "%s", vm.path);
+    view_mount_free(&vm);
+  }
+  else
+    snprintf(buf, len, "%s", exp->mountpoint);
 }
 
-/* Unmount the view; the kernel then ends the connection and the loop.  If
- * the view is still in use (a loop device, an open file), detach it lazily:
- * the loop keeps serving those users until they close it. */
+/* The view cannot be unmounted: abort its FUSE connection, so that the
+ * loop ends (its reads fail with ENODEV) and nothing is left waiting on
+ * us.  The mount stays, dead (ENOTCONN), until removed by hand. */
+static void
+abort_view(struct export *exp, const char *path)
+{
+  char why[256];
+
+  if (mount_abort_connection(exp->view_dev, why, sizeof why) == 0) {
+    exp->aborted = true;
+    fde_error("%s: aborted the view's FUSE connection; the dead mount "
+              "stays until removed with: %s '%s'", path,
+              geteuid() == 0 ? "umount -l" : "fusermount3 -u -z", path);
+  }
+  else
+    fde_error("%s: cannot abort the view's FUSE connection (%s); it ends "
+              "when this process exits", path, why);
+}
+
+/* Unmount the view, found by its device wherever it is now; the kernel
+ * then ends the connection and the loop.  If the view is still in use (a
+ * loop device, an open file), detach it lazily: the loop keeps serving
+ * those users until they close it.  If it cannot be unmounted at all
+ * (another mount stacked on it, fusermount3 failing), say why and abort
+ * the connection. */
 void
 export_unmount(struct export *exp)
 {
+  char why[768], path[PATH_MAX];
   int r;
 
-  release_view_locks(exp);     /* or the unmount would find it busy */
   if (!exp->mounted)
     return;
-  r = unmount_path(exp->mountpoint, false);
+  view_path_now(exp, path, sizeof path);
+  r = mount_unmount_device(exp->view_dev, false, why, sizeof why);
   if (r == -EBUSY) {
     fde_warn("%s: still in use; detaching the view lazily, it is served "
-             "until its last user closes it", exp->mountpoint);
-    r = unmount_path(exp->mountpoint, true);
+             "until its last user closes it", path);
+    r = mount_unmount_device(exp->view_dev, true, why, sizeof why);
   }
-  if (r < 0 && mount_is_listed(exp->mountpoint)) {
-    fde_error("%s: cannot unmount: %s; clear it with: fusermount3 -u '%s'",
-              exp->mountpoint, strerror(-r), exp->mountpoint);
+  if (r < 0) {
+    fde_error("%s: cannot unmount the view: %s", path, why);
     exp->unmount_failed = true;
+    abort_view(exp, path);
   }
   exp->mounted = false;
 }
 
-/* Wait for the loop to end and release the session. */
-void
+/* Destroy a session whose loop has ended.  fuse_session_unmount frees
+ * what fuse_session_mount allocated, but unless the connection has ended
+ * already (its descriptor polls POLLERR: unmounted or aborted) it also
+ * unmounts by the name it was given, whatever is mounted there now: call
+ * it only then. */
+static void
+release_session(struct fuse_session *se)
+{
+  struct pollfd pfd = { .fd = fuse_session_fd(se), .events = 0 };
+
+  if (pfd.fd != -1 && poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR))
+    fuse_session_unmount(se);
+  fuse_session_destroy(se);
+}
+
+/* Has the loop thread returned?  Wait up to ms milliseconds. */
+static bool
+loop_ended(struct export *exp, int ms)
+{
+  struct timespec tick = { 0, 10 * 1000000L };
+
+  for (int waited = 0; waited < ms; waited += 10) {
+    if (!__atomic_load_n(&exp->loop_running, __ATOMIC_SEQ_CST))
+      return true;
+    nanosleep(&tick, NULL);
+  }
+  return !__atomic_load_n(&exp->loop_running, __ATOMIC_SEQ_CST);
+}
+
+/* Wait for the loop to end and release the session.  After a normal or
+ * lazy unmount the kernel ends the connection (a lazily detached view once
+ * its last user has gone), and the loop with it.  After a failed unmount
+ * the loop ends only if the connection was aborted: wait a few seconds
+ * for it.  A loop that is still running keeps loop_started set, and then
+ * neither the session nor the disk may be freed (export_close keeps it):
+ * the process exits with them in use.  0, or -1 if the loop still runs. */
+int
 export_join(struct export *exp)
 {
-  if (exp->loop_started && !exp->unmount_failed) {
+  if (exp->loop_started) {
+    if (exp->unmount_failed
+        && !loop_ended(exp, exp->aborted ? LOOP_END_MS : 0)) {
+      fde_error("%s: the FUSE loop is still running; exiting with the "
+                "image open", exp->image);
+      return -1;
+    }
     pthread_join(exp->loop_thread, NULL);
     exp->loop_started = false;
   }
-  if (exp->se != NULL && !exp->loop_started) {
-    fuse_session_unmount(exp->se);
-    fuse_session_destroy(exp->se);
+  if (exp->se != NULL) {
+    release_session(exp->se);
     exp->se = NULL;
   }
+  return 0;
 }
 
-/* Flush and close the image; an exit status. */
+/* Flush the image (the view may still be serving); an exit status. */
+int
+export_flush(struct export *exp)
+{
+  if (exp->disk == NULL || exp->disk->read_only)
+    return 0;
+  if (exp->disk->format->flush(exp->disk) < 0) {
+    fde_error("%s: flush failed; recent writes may not be on disk",
+              exp->image);
+    return EXIT_FAIL;
+  }
+  return 0;
+}
+
+/* Before the unmount: refuse new opens of the view and wait (up to
+ * QUIESCE_MS, for the kernel's RELEASE of files just closed) until nobody
+ * has it open.  Then nothing more can be written through us, so flush
+ * once more and drop the image's lock bytes: the moment the path shows
+ * the image again, the image is complete and QEMU can open it.  If the
+ * view is still open (a loop device, a program), the locks stay until
+ * export_close, after its last user has gone.  An exit status. */
+int
+export_quiesce(struct export *exp)
+{
+  struct timespec deadline;
+  bool idle;
+  int r;
+
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_nsec += QUIESCE_MS * 1000000L;
+  deadline.tv_sec += deadline.tv_nsec / 1000000000L;
+  deadline.tv_nsec %= 1000000000L;
+  pthread_mutex_lock(&exp->open_lock);
+  exp->reverting = true;
+  while (exp->open_files > 0)
+    if (pthread_cond_timedwait(&exp->open_cond, &exp->open_lock,
+                               &deadline) == ETIMEDOUT)
+      break;
+  idle = exp->open_files == 0;
+  pthread_mutex_unlock(&exp->open_lock);
+  if (!idle)
+    return 0;
+  if ((r = export_flush(exp)) != 0)
+    return r;                   /* export_close retries it */
+  exp->final_flushed = true;
+  if (exp->claim_fd != -1)
+    fde_unlock_image(exp->claim_fd);
+  return 0;
+}
+
+/* Flush whatever arrived since export_quiesce (nothing, if the view was
+ * idle then), close the image and its chain, and release the image's
+ * locks (closing the last descriptor of its open file description).  The
+ * only flush at close: the backends' close does not flush.  An exit
+ * status. */
 int
 export_close(struct export *exp)
 {
   int r = 0;
 
+  /* A loop still running (see export_join) uses the disk, the session and
+   * this struct: flush, and leave them to the process's exit. */
+  if (exp->loop_started) {
+    export_flush(exp);
+    return EXIT_FAIL;
+  }
+  if (exp->mnt_pfd != -1)
+    close(exp->mnt_pfd);
+  exp->mnt_pfd = -1;
   if (exp->disk != NULL) {
-    if (!exp->disk->read_only && exp->disk->format->flush(exp->disk) < 0) {
-      fde_error("%s: flush failed; recent writes may not be on disk",
-                exp->image);
-      r = EXIT_FAIL;
-    }
+    if (!exp->final_flushed)
+      r = export_flush(exp);
     fde_disk_close(exp->disk);
     exp->disk = NULL;
   }
+  export_release_claim(exp);
+  if (exp->claim_fd != -1)
+    close(exp->claim_fd);
+  exp->claim_fd = -1;
   free(exp->mountpoint);
   free(exp->image_abspath);
   exp->mountpoint = exp->image_abspath = NULL;

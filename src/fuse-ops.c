@@ -194,26 +194,56 @@ fde_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
   fuse_reply_attr(req, &st, ATTR_TIMEOUT);
 }
 
+/* One file of the view fewer is open; wake export_quiesce at zero. */
+static void
+open_file_gone(struct export *exp)
+{
+  pthread_mutex_lock(&exp->open_lock);
+  if (exp->open_files > 0 && --exp->open_files == 0)
+    pthread_cond_broadcast(&exp->open_cond);
+  pthread_mutex_unlock(&exp->open_lock);
+}
+
 /** Writing is refused on a read-only export.  O_TRUNC is ignored, as a
  * block device ignores it: the disk keeps its size and contents.  The page
  * cache is kept across opens: this mount is the only way to the data, and
- * the kernel drops cached pages itself on writes, punches and zeroing. */
+ * the kernel drops cached pages itself on writes, punches and zeroing.
+ * Open files are counted, and refused (EBUSY) once the revert has begun
+ * (export_quiesce). */
 static void
 fde_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   struct export *exp = export_of(req);
+  bool reverting;
 
   if ((fi->flags & O_ACCMODE) != O_RDONLY && exp->disk->read_only) {
     fuse_reply_err(req, EROFS);
     return;
   }
   fi->keep_cache = 1;
-  /* A reader's close needs no FLUSH round trip (nothing to flush), and the
-   * lock holder's (export_lock_view) must never wait for a daemon that may
-   * be gone. */
+  /* A reader's close needs no FLUSH round trip: nothing to flush.  The
+   * kernel's FLUSH request carries no open flags (libfuse passes 0), so
+   * the access mode travels in fh: 1 for a descriptor that may write. */
   if ((fi->flags & O_ACCMODE) == O_RDONLY)
     fi->noflush = 1;
-  fuse_reply_open(req, fi);
+  fi->fh = (fi->flags & O_ACCMODE) != O_RDONLY;
+  pthread_mutex_lock(&exp->open_lock);
+  reverting = exp->reverting;
+  if (!reverting)
+    exp->open_files++;
+  pthread_mutex_unlock(&exp->open_lock);
+  if (reverting)
+    fuse_reply_err(req, EBUSY);
+  else if (fuse_reply_open(req, fi) != 0)   /* the open was interrupted */
+    open_file_gone(exp);
+}
+
+/** The last close of an opened file: one fewer user of the view. */
+static void
+fde_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  open_file_gone(export_of(req));
+  fuse_reply_err(req, 0);
 }
 
 /* Each worker thread keeps one read buffer of the largest request size,
@@ -291,6 +321,7 @@ reply_read(fuse_req_t req, struct export *exp, char *buf, size_t size,
   struct fde_disk *d = exp->disk;
   struct read_reply rep = { .vec = FUSE_BUFVEC_INIT(0) };
   size_t at = 0, run;
+  unsigned token = 0;
   int r = 0;
 
   if (size < 2 * SPLICE_MIN_PAGE || size > exp->splice_max) {
@@ -302,6 +333,10 @@ reply_read(fuse_req_t req, struct export *exp, char *buf, size_t size,
     return;
   }
   rep.vec.count = 0;
+  /* The file ranges are read by fuse_reply_data, after map returned:
+   * the backend must not reuse them for other data until then. */
+  if (d->format->io_begin != NULL)
+    token = d->format->io_begin(d);
   while (at < size && r == 0) {
     r = add_piece(d, &rep, buf, at, off + at, size - at, &run);
     at += run;
@@ -312,6 +347,8 @@ reply_read(fuse_req_t req, struct export *exp, char *buf, size_t size,
     fuse_reply_buf(req, buf, size);
   else
     fuse_reply_data(req, &rep.vec, 0);
+  if (d->format->io_end != NULL)
+    d->format->io_end(d, token);
 }
 
 /** Read from the backend; short at the end of the disk. */
@@ -397,7 +434,11 @@ fde_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     return;
   }
   if (off < 0 || (uint64_t) off >= disk_size) {
-    fuse_reply_err(req, size == 0 ? 0 : ENOSPC);
+    /* A write reply carries a count: an empty write succeeds with 0. */
+    if (size == 0 && off >= 0)
+      fuse_reply_write(req, 0);
+    else
+      fuse_reply_err(req, off < 0 ? EINVAL : ENOSPC);
     return;
   }
   size = (size_t) min_u64(size, disk_size - (uint64_t) off);
@@ -422,7 +463,7 @@ flush_disk(struct export *exp)
 static void
 fde_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-  if ((fi->flags & O_ACCMODE) == O_RDONLY) {
+  if (fi->fh == 0) {            /* opened read-only (see fde_open) */
     fuse_reply_err(req, 0);
     return;
   }
@@ -545,6 +586,7 @@ const struct fuse_lowlevel_ops fde_fuse_ops = {
   .getattr   = fde_getattr,
   .setattr   = fde_setattr,
   .open      = fde_open,
+  .release   = fde_release,
   .read      = fde_read,
   .write     = fde_write,
   .flush     = fde_flush,

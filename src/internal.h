@@ -38,6 +38,8 @@ struct options {
   bool allow_bdev_backing;
   bool no_splice;               /* --no-splice: reads copy through us */
   int verbose;                  /* -1 quiet, 0 normal, >0 verbose */
+  const char *stop_pid_file;    /* --stop: stop that daemon and exit */
+  unsigned stop_timeout;        /* --stop-timeout, seconds; 0: no limit */
   char **images;
   int nr_images;
 };
@@ -58,7 +60,12 @@ struct export {
   const struct options *opts;
   const char *image;            /* as given on the command line */
   char *image_abspath;          /* resolved image path (used before mount) */
-  char *mountpoint;             /* absolute path where the view appears */
+  char *mountpoint;             /* absolute path where the view appears
+                                 * (as resolved at start; it may move) */
+  int mnt_pfd;                  /* O_PATH descriptor of that file, or -1 */
+  struct stat mnt_st;           /* its identity (dev, ino) */
+  dev_t view_dev;               /* the view's FUSE device once mounted:
+                                 * how the mount table names our mount */
   struct fde_disk *disk;
   bool format_probed_raw;       /* sector-0 guard applies */
   pthread_mutex_t sector0_lock; /* serialises guarded writes to sector 0 */
@@ -70,10 +77,17 @@ struct export {
   pthread_t loop_thread;
   bool loop_started;            /* loop_thread exists and is not joined */
   bool loop_running;            /* the loop has not returned yet */
-  bool mounted;
+  bool mounted;                 /* view_dev is in the mount table */
   bool unmount_failed;
-  pid_t lock_pid;               /* the child holding QEMU's locks on the view */
-  int lock_pipe;                /* closing it lets that child go, or -1 */
+  bool aborted;                 /* its FUSE connection was aborted */
+  int claim_fd;                 /* the image's open file description (a
+                                 * dup): flock claim, then QEMU's locks */
+  int claim_mnt_fd;             /* -m file's claim until live, or -1 */
+  pthread_mutex_t open_lock;    /* open_files, reverting */
+  pthread_cond_t open_cond;     /* open_files reached 0 */
+  unsigned open_files;          /* the kernel's opens not yet released */
+  bool reverting;               /* new opens of the view are refused */
+  bool final_flushed;           /* flushed with nothing left to write */
   bool init_done;               /* the kernel's FUSE_INIT was answered */
   size_t max_read;              /* largest read request (fuse_ops_plan) */
   size_t splice_max;            /* largest read answered by splice; 0: none */
@@ -86,10 +100,12 @@ int export_open(struct export *exp, const struct options *opts,
                 const char *image);
 int export_mount(struct export *exp);
 int export_wait_live(struct export *exp);
-int export_lock_view(struct export *exp);
+void export_release_claim(struct export *exp);
 int export_start_loop(struct export *exp);
 void export_unmount(struct export *exp);
-void export_join(struct export *exp);
+int export_join(struct export *exp);
+int export_flush(struct export *exp);
+int export_quiesce(struct export *exp);
 int export_close(struct export *exp);
 int export_describe(struct export *exp, FILE *out);
 
@@ -98,15 +114,52 @@ extern const struct fuse_lowlevel_ops fde_fuse_ops;
 extern const size_t fde_fuse_ops_size;
 void fuse_ops_plan(struct export *exp);
 
-/* mounts.c: the mount table. */
+/* mounts.c: the mount table (/proc/self/mountinfo), unmounting. */
 enum mount_state { MOUNT_NONE, MOUNT_LIVE, MOUNT_DEAD, MOUNT_OTHER };
+/* What is mounted on abspath (the top mount), and is a FUSE server behind
+ * it still answering (asked with a 2 s timeout)? */
 enum mount_state mount_state_of(const char *abspath, char *fstype,
                                 size_t fstype_len);
-bool mount_is_listed(const char *abspath);
-bool mount_device(const char *abspath, dev_t *dev);
-int unmount_path(const char *abspath, bool lazy);
+/* A mount as the table shows it now. */
+struct view_mount {
+  int id;                       /* mount ID (reused once it is gone) */
+  int parent;                   /* ID of the mount its mount point is on */
+  dev_t dev;                    /* the FUSE connection's device number */
+  char *path;                   /* where it is now (malloc'd) */
+  bool covered;                 /* another mount is stacked on it */
+};
+void view_mount_free(struct view_mount *vm);
+/* The mounts of one type and source before a mount (to tell ours). */
+struct mount_snapshot {
+  int *ids;
+  dev_t *devs;
+  size_t n;
+};
+/* Record the mounts of fstype from source; 0 or -errno. */
+int mount_snapshot_take(const char *fstype, const char *source,
+                        struct mount_snapshot *snap);
+void mount_snapshot_free(struct mount_snapshot *snap);
+/* The one mount of fstype from source not in before: 0 (*vm filled, free
+ * it with view_mount_free), -ENOENT if none, -EEXIST if several. */
+int mount_find_new(const char *fstype, const char *source,
+                   const struct mount_snapshot *before, struct view_mount *vm);
+/* The FUSE mount whose device is dev, wherever it is now: 0 (*vm filled),
+ * -ENOENT if it is not mounted (in this mount namespace), or -errno. */
+int mount_find_device(dev_t dev, struct view_mount *vm);
+/* Unmount the FUSE mount whose device is dev, found where it is now (not
+ * where it was mounted): umount2 as root, fusermount3 -u otherwise; then
+ * check that the device is gone.  lazy: detach it (MNT_DETACH / -z).
+ * 0 (also if it was not mounted); -EBUSY if it is in use (a lazy detach
+ * may then succeed); -ENOTEMPTY if another mount is stacked on it (no
+ * unmount could take ours without taking that one); another -errno if it
+ * failed otherwise.  why (why_len bytes) says what failed. */
+int mount_unmount_device(dev_t dev, bool lazy, char *why, size_t why_len);
+/* Abort the FUSE connection of device dev through fusectl (the kernel
+ * then fails every request, the server's reads fail with ENODEV and the
+ * mount answers ENOTCONN).  0 or -errno, with why saying what failed. */
+int mount_abort_connection(dev_t dev, char *why, size_t why_len);
 
-/* daemon.c: forking, readiness, pid file, signals. */
+/* daemon.c: forking, readiness, pid file, --stop. */
 struct daemon_state {
   int ready_fd;                 /* child's end of the readiness pipe, or -1 */
   char *pid_file;               /* absolute path, or NULL */
@@ -118,5 +171,7 @@ int daemon_prepare_pid_file(struct daemon_state *ds, const char *pid_file);
 int daemon_ready(struct daemon_state *ds, bool detach);
 void daemon_fail(struct daemon_state *ds, int status);
 void daemon_cleanup(struct daemon_state *ds);
+void daemon_finish(struct daemon_state *ds, int status);
+int daemon_stop(const char *pid_file, unsigned timeout_s);
 
 #endif /* FDE_INTERNAL_H */

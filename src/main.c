@@ -48,22 +48,46 @@ probe_all(struct export *exps, const struct options *opts)
   return fflush(stdout) == 0 ? EXIT_OK : EXIT_FAIL;
 }
 
-/* Unmount every view, wait for the loops, flush and close: exit status. */
+/* Revert every view, in the order that lets a script trust the path the
+ * moment it shows the image again: flush while the views still serve;
+ * refuse new opens and, where nobody has the view open, flush again and
+ * drop the image locks (export_quiesce); unmount; wait for the loops
+ * (lazily detached views serve their last users first); flush whatever
+ * arrived since; close, releasing the remaining locks.  The pid file goes
+ * last (daemon_finish).  An exit status: nonzero if any step failed. */
 static int
 revert_all(struct export *exps, int n)
 {
   int status = EXIT_OK;
 
   for (int i = 0; i < n; i++)
+    if (export_flush(&exps[i]) != 0)
+      status = EXIT_FAIL;
+  for (int i = 0; i < n; i++)
+    if (export_quiesce(&exps[i]) != 0)
+      status = EXIT_FAIL;
+  for (int i = 0; i < n; i++)
     export_unmount(&exps[i]);
   for (int i = 0; i < n; i++) {
-    export_join(&exps[i]);
+    if (export_join(&exps[i]) != 0)
+      status = EXIT_FAIL;
     if (exps[i].unmount_failed)
       status = EXIT_FAIL;
     if (export_close(&exps[i]) != 0)
       status = EXIT_FAIL;
   }
   return status;
+}
+
+/* Free the exports, unless a FUSE loop still runs on one (export_join
+ * gave up waiting for it): its workers use it until the process exits. */
+static void
+free_exports(struct export *exps, int n)
+{
+  for (int i = 0; i < n; i++)
+    if (exps[i].loop_started)
+      return;
+  free(exps);
 }
 
 /* Mount every view and wait until all are live.  0 or -1. */
@@ -79,9 +103,9 @@ mount_all(struct export *exps, int n)
       export_describe(&exps[i], stderr);
     }
     if (export_mount(&exps[i]) == -1 || export_start_loop(&exps[i]) == -1
-        || export_wait_live(&exps[i]) == -1
-        || export_lock_view(&exps[i]) == -1)
+        || export_wait_live(&exps[i]) == -1)
       return -1;
+    export_release_claim(&exps[i]);
   }
   return 0;
 }
@@ -152,6 +176,8 @@ main(int argc, char **argv)
   if (r != 0)
     return r > 0 ? EXIT_OK : EXIT_USAGE;
   log_set_verbosity(opts.verbose);
+  if (opts.stop_pid_file != NULL)
+    return daemon_stop(opts.stop_pid_file, opts.stop_timeout);
   signal(SIGPIPE, SIG_IGN);
   exps = calloc((size_t) opts.nr_images, sizeof *exps);
   if (exps == NULL) {
@@ -184,7 +210,7 @@ main(int argc, char **argv)
     revert_all(exps, opts.nr_images);
     daemon_cleanup(&ds);
     daemon_fail(&ds, EXIT_FAIL);
-    free(exps);
+    free_exports(exps, opts.nr_images);
     return EXIT_FAIL;
   }
   if (!opts.daemonize)
@@ -192,7 +218,7 @@ main(int argc, char **argv)
   /* 5. Serve, then revert. */
   wait_for_signal(&set, exps, opts.nr_images);
   status = revert_all(exps, opts.nr_images);
-  daemon_cleanup(&ds);
-  free(exps);
+  daemon_finish(&ds, status);
+  free_exports(exps, opts.nr_images);
   return status;
 }

@@ -20,7 +20,12 @@ enum {
   LONG_OPTIONS_OPTION,
   NO_SPLICE_OPTION,
   DECOMPRESSED_CACHE_OPTION,
+  STOP_OPTION,
+  STOP_TIMEOUT_OPTION,
 };
+
+#define DEFAULT_STOP_TIMEOUT 60   /* seconds --stop waits for the daemon */
+#define MAX_STOP_TIMEOUT 2000000  /* poll(2) takes milliseconds in an int */
 
 static const char short_options[] = "dp:f:rm:nqvhV";
 static const struct option long_options[] = {
@@ -36,6 +41,8 @@ static const struct option long_options[] = {
   { "decompressed-cache", required_argument, NULL, DECOMPRESSED_CACHE_OPTION },
   { "allow-block-device-backing", no_argument, NULL, ALLOW_BDEV_OPTION },
   { "no-splice",     no_argument,       NULL, NO_SPLICE_OPTION },
+  { "stop",          required_argument, NULL, STOP_OPTION },
+  { "stop-timeout",  required_argument, NULL, STOP_TIMEOUT_OPTION },
   { "quiet",         no_argument,       NULL, 'q' },
   { "verbose",       no_argument,       NULL, 'v' },
   { "help",          no_argument,       NULL, 'h' },
@@ -62,21 +69,30 @@ usage(void)
 "                           instead of on the image; one image only\n"
 "  -n, --probe              print what would be exported, then exit\n"
 "      --snapshot=NAME|ID   export a qcow2 internal snapshot (read-only)\n"
-"      --cache-size=BYTES   qcow2 metadata cache budget per image (K, M, G)\n"
+"      --cache-size=BYTES   qcow2 metadata cache budget per qcow2 layer\n"
+"                           (K, M, G)\n"
 "      --decompressed-cache=BYTES\n"
 "                           memory for decompressed qcow2 clusters per layer\n"
 "      --allow-block-device-backing\n"
 "                           accept block devices as backing files\n"
 "      --no-splice          copy read data through the daemon instead of\n"
 "                           splicing it from the image file\n"
+"      --stop=PIDFILE       stop the daemon whose pid file that is: signal\n"
+"                           it, wait until it has reverted and exited; exit\n"
+"                           status 0 only if it reverted cleanly\n"
+"      --stop-timeout=SECONDS\n"
+"                           how long --stop waits (default 60; 0: no limit)\n"
 "  -q, --quiet              print nothing but errors\n"
 "  -v, --verbose            print what is found and done\n"
 "  -h, --help               show this help and exit\n"
 "  -V, --version            show the version and exit\n"
 "\n"
-"Send SIGINT (^C), SIGTERM or SIGHUP to flush, unmount and exit.\n"
+"Send SIGINT (^C), SIGTERM or SIGHUP (or use --stop) to flush, unmount\n"
+"and exit.\n"
 "Exit status: 0 success, 1 failure, 2 usage error, 3 image refused,\n"
-"4 path already exported or a dead mount on it.  See fuse-disk-export(1).\n");
+"4 path already exported or a dead mount on it.  See fuse-disk-export(1).\n"
+"\n"
+"Report bugs at <" PACKAGE_BUGREPORT ">.\n");
 }
 
 static int
@@ -163,6 +179,18 @@ apply_option(int c, struct options *o)
     break;
   case ALLOW_BDEV_OPTION: o->allow_bdev_backing = true; break;
   case NO_SPLICE_OPTION: o->no_splice = true; break;
+  case STOP_OPTION: o->stop_pid_file = optarg; break;
+  case STOP_TIMEOUT_OPTION: {
+    char *end;
+    unsigned long v;
+    errno = 0;
+    v = strtoul(optarg, &end, 10);
+    if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-'
+        || v > MAX_STOP_TIMEOUT)
+      return usage_error("invalid --stop-timeout (seconds)", optarg);
+    o->stop_timeout = (unsigned) v;
+    break;
+  }
   case 'q': o->verbose = -1; break;
   case 'v': if (o->verbose >= 0) o->verbose++; break;
   case 'h': usage(); return 1;
@@ -183,12 +211,17 @@ parse_options(int argc, char **argv, struct options *opts)
 
   memset(opts, 0, sizeof *opts);
   opts->allow_other = ALLOW_OTHER_AUTO;
+  opts->stop_timeout = DEFAULT_STOP_TIMEOUT;
   while ((c = getopt_long(argc, argv, short_options, long_options,
                           NULL)) != -1)
     if ((r = apply_option(c, opts)) != 0)
       return r;
   opts->images = argv + optind;
   opts->nr_images = argc - optind;
+  if (opts->stop_pid_file != NULL)
+    return opts->nr_images == 0 && !opts->daemonize && !opts->probe_only
+      && opts->pid_file == NULL ? 0
+      : usage_error("--stop takes no image, and no -d, -p or -n", NULL);
   if (opts->nr_images == 0)
     return usage_error("no image given", NULL);
   if (opts->mountpoint != NULL && opts->nr_images != 1)

@@ -4,6 +4,21 @@
 
 load helpers
 
+# One new user for the whole suite, removed at the end whatever happened;
+# /etc/fuse.conf saved first and restored byte for byte after every test.
+setup_file() {
+  requires_root
+  save_fuse_conf
+  create_test_user
+}
+
+teardown_file() {
+  local ok=0
+  check_fuse_conf_restored || ok=1
+  remove_test_user || ok=1
+  return $ok
+}
+
 setup() {
   common_setup
   requires_root
@@ -19,40 +34,6 @@ setup() {
 teardown() {
   restore_fuse_conf
   common_teardown
-}
-
-# /etc/fuse.conf is changed only through these; teardown restores it.
-FUSE_CONF=/etc/fuse.conf
-save_fuse_conf() {
-  [ -n "${FUSE_CONF_SAVED:-}" ] && return 0
-  FUSE_CONF_SAVED="$WORK/fuse.conf.saved"
-  if [ -e "$FUSE_CONF" ]; then
-    cp -p "$FUSE_CONF" "$FUSE_CONF_SAVED"
-  else
-    : >"$WORK/fuse.conf.absent"
-  fi
-}
-
-restore_fuse_conf() {
-  [ -n "${FUSE_CONF_SAVED:-}" ] || return 0
-  if [ -e "$WORK/fuse.conf.absent" ]; then
-    rm -f "$FUSE_CONF"
-  elif [ -e "$FUSE_CONF_SAVED" ]; then
-    cat "$FUSE_CONF_SAVED" >"$FUSE_CONF"
-  fi
-  FUSE_CONF_SAVED=
-}
-
-# user_allow_other on (1) or off (0) in /etc/fuse.conf.
-set_user_allow_other() {
-  save_fuse_conf
-  local rest
-  rest=$(grep -v '^[[:space:]]*user_allow_other[[:space:]]*$' "$FUSE_CONF" 2>/dev/null || true)
-  if [ "$1" = 1 ]; then
-    printf '%s\nuser_allow_other\n' "$rest" >"$FUSE_CONF"
-  else
-    printf '%s\n' "$rest" >"$FUSE_CONF"
-  fi
 }
 
 # Can the test user mount FUSE file systems at all here?

@@ -37,6 +37,7 @@ struct slot {
   unsigned refs;
   uint64_t last_use;
   bool dirty;                   /* changed in memory; holds one pin */
+  bool written;                 /* dirty, but written since the change */
 };
 
 struct shard {
@@ -251,9 +252,10 @@ qcow2_l2_put(struct qcow2_disk *q, struct qcow2_l2_ref *ref)
 
 /* ---- Updates (the writer holds q->alloc_lock) ----------------------------
  *
- * A table the writer changes stays in the cache, pinned, until flush has
- * written it: readers always find the newest version there, and nothing
- * evicts it unwritten. */
+ * A table the writer changes stays in the cache, pinned, until a flush
+ * has written it and a sync has made the write durable: readers always
+ * find the newest version there, nothing evicts it unwritten, and a flush
+ * that failed after writing it writes it again. */
 
 /* Pin the table at l2_offset in a cache slot (never a private copy, which
  * updates would miss).  -EAGAIN when every slot of its shard is pinned:
@@ -271,7 +273,9 @@ qcow2_l2_get_for_update(struct qcow2_disk *q, uint64_t l2_offset,
   return r;
 }
 
-/* Put a new table (zeros, or a copy of another) at l2_offset, pinned. */
+/* Put a new table (zeros, or a copy of another) at l2_offset, pinned.
+ * 0, -ENOMEM, or -EAGAIN when every slot of its shard is pinned (nothing
+ * is cached then; the caller gives the cluster back, flushes, retries). */
 int
 qcow2_l2_install(struct qcow2_disk *q, uint64_t l2_offset,
                  const uint64_t *copy, struct qcow2_l2_ref *ref)
@@ -306,10 +310,13 @@ qcow2_l2_mark_dirty(struct qcow2_disk *q, struct qcow2_l2_ref *ref)
     e->refs++;
     atomic_fetch_add(&q->l2_cache->nr_dirty, 1);
   }
+  e->written = false;
   pthread_mutex_unlock(&s->lock);
 }
 
-/* Write every dirty table to its place in the file and unpin it. */
+/* Write every dirty table to its place in the file.  They stay dirty and
+ * pinned: only qcow2_l2_clean_written, once a sync has made the writes
+ * durable, lets them go, so a failed write or sync is simply retried. */
 int
 qcow2_l2_write_dirty(struct qcow2_disk *q)
 {
@@ -325,14 +332,32 @@ qcow2_l2_write_dirty(struct qcow2_disk *q)
       r = fde_pwrite_full(q->fd, e->table, q->cluster_size, e->offset);
       if (r < 0)
         return r;
+      e->written = true;        /* the writer's alone, like dirty */
+    }
+  }
+  return 0;
+}
+
+/* The tables written by qcow2_l2_write_dirty and not changed since are
+ * durable: mark them clean and unpin them. */
+void
+qcow2_l2_clean_written(struct qcow2_disk *q)
+{
+  struct qcow2_l2_cache *c = q->l2_cache;
+
+  for (unsigned i = 0; i < c->nr_shards; i++) {
+    struct shard *s = &c->shards[i];
+    for (unsigned j = 0; j < s->nr_slots; j++) {
+      struct slot *e = &s->slots[j];
+      if (!e->dirty || !e->written)
+        continue;
       pthread_mutex_lock(&s->lock);
-      e->dirty = false;
+      e->dirty = e->written = false;
       e->refs--;
       pthread_mutex_unlock(&s->lock);
       atomic_fetch_sub(&c->nr_dirty, 1);
     }
   }
-  return 0;
 }
 
 unsigned
@@ -345,4 +370,33 @@ unsigned
 qcow2_l2_capacity(struct qcow2_disk *q)
 {
   return q->l2_cache->capacity;
+}
+
+/* The cluster at l2_offset was freed and is about to be given to other
+ * data (qcow2-refcount.c, alloc_lock held, its grace period over): drop a
+ * clean cached copy of a table that lived there, so that a new table
+ * installed at the same offset later never finds the old contents (QEMU
+ * discards cache entries of freed clusters the same way).  Nothing can
+ * pin such a table now: no L1 entry names it, and readers pin tables only
+ * under map_lock after reading the L1; should one still be pinned, its
+ * slot stops matching any lookup (an unaligned offset in the same shard)
+ * and is evicted once unpinned.  A dirty table is never freed. */
+void
+qcow2_l2_forget(struct qcow2_disk *q, uint64_t l2_offset)
+{
+  struct shard *s = shard_of(q->l2_cache, q->cluster_bits, l2_offset);
+
+  pthread_mutex_lock(&s->lock);
+  for (unsigned i = 0; i < s->nr_slots; i++) {
+    struct slot *e = &s->slots[i];
+    if (e->offset != l2_offset || e->dirty)
+      continue;
+    if (e->refs == 0) {
+      free(e->table);
+      e->table = NULL;
+      e->offset = 0;
+    } else
+      e->offset |= 1;
+  }
+  pthread_mutex_unlock(&s->lock);
 }

@@ -11,8 +11,13 @@
  * COPIED flag that disagrees with the refcount refuses writing (reading
  * stays possible).  Leaks (refcount above the references) are harmless.
  *
- * Memory is two 16-bit counters per host cluster, refused above
- * MAX_SCAN_CLUSTERS; every count is bounded by the file size (trap 25). */
+ * Memory is one 32-bit counter per host cluster, refused above
+ * MAX_SCAN_CLUSTERS; every count is bounded by the file size (trap 25).
+ * Counts are exact: the refcounts on disk (up to 64 bits) are compared as
+ * they are read, and a cluster with 2^32-1 or more references -- a
+ * hostile image, 32 GiB of tables naming one cluster -- refuses writing
+ * instead of wrapping.  After the comparison each counter is replaced by
+ * what the later checks need: the class of the refcount on disk. */
 #include <config.h>
 
 #include <errno.h>
@@ -25,11 +30,17 @@
 
 #define MAX_SCAN_CLUSTERS (1ull << 26)  /* 256 MiB of counters */
 
+/* What refs[c] holds once the refcounts on disk have been compared. */
+enum {
+  RC_FREE,                      /* no reference and refcount 0 */
+  RC_ONE,                       /* refcount exactly 1 */
+  RC_OTHER,                     /* anything else */
+};
+
 struct scan {
   struct qcow2_disk *q;
   uint64_t nr_clusters;         /* clusters of the file */
-  uint16_t *refs;               /* references counted (saturating) */
-  uint16_t *disk;               /* refcounts on disk (saturating) */
+  uint32_t *refs;               /* references counted; then an RC_* class */
   uint64_t *table;              /* one L2 table being walked */
   const char *problem;          /* why writing is refused, or NULL */
   uint64_t where;               /* host offset the problem is about */
@@ -57,9 +68,14 @@ count(struct scan *s, uint64_t offset, uint64_t len)
     problem(s, "a reference points beyond the end of the file", offset);
     return;
   }
-  for (uint64_t c = first; c <= last; c++)
-    if (s->refs[c] != UINT16_MAX)
-      s->refs[c]++;
+  for (uint64_t c = first; c <= last; c++) {
+    if (s->refs[c] == UINT32_MAX - 1) {
+      problem(s, "a cluster has 2^32-1 references or more",
+              c << s->q->cluster_bits);
+      return;
+    }
+    s->refs[c]++;
+  }
 }
 
 /* Count and check the entries of one L2 table. */
@@ -188,27 +204,36 @@ count_all(struct scan *s)
   return 0;
 }
 
-/* Every refblock has exactly one reference; no cluster has more
- * references than its refcount. */
+/* One cluster's refcount on disk, as qcow2_refcounts_scan reads it: no
+ * more references than the refcount; then keep only its class. */
 static void
-compare(struct scan *s)
+compare_one(void *ctx, uint64_t c, uint64_t refcount)
 {
-  for (uint64_t c = 0; c < s->nr_clusters && s->problem == NULL; c++)
-    if (s->refs[c] > s->disk[c])
-      problem(s, "a cluster has more references than its refcount",
-              c << s->q->cluster_bits);
+  struct scan *s = ctx;
+
+  if (s->refs[c] > refcount)
+    problem(s, "a cluster has more references than its refcount",
+            c << s->q->cluster_bits);
+  s->refs[c] = refcount == 1 ? RC_ONE
+    : refcount == 0 && s->refs[c] == 0 ? RC_FREE : RC_OTHER;
+}
+
+/* Every refblock has exactly one reference. */
+static void
+check_refblocks(struct scan *s)
+{
   for (uint64_t rt = 0; rt < s->q->reftable_entries; rt++) {
     uint64_t c = s->q->reftable[rt] >> s->q->cluster_bits;
-    if (s->q->reftable[rt] != 0 && c < s->nr_clusters && s->disk[c] != 1)
+    if (s->q->reftable[rt] != 0 && c < s->nr_clusters
+        && s->refs[c] != RC_ONE)
       problem(s, "a refcount block's refcount is not 1",
               s->q->reftable[rt]);
   }
 }
 
 /* Remember the clusters nothing uses (no reference, refcount 0): the
- * allocator reuses them before it appends.  Only clusters free now, at
- * open, so that one freed during the session is never handed out again
- * while a reader may still be looking at it. */
+ * allocator reuses them before it appends.  (Clusters freed during the
+ * session join the map after their grace period, qcow2-refcount.c.) */
 static int
 build_free_map(struct scan *s)
 {
@@ -219,7 +244,7 @@ build_free_map(struct scan *s)
   if (q->free_map == NULL)
     return -ENOMEM;
   for (uint64_t c = 1; c < s->nr_clusters; c++)
-    if (s->refs[c] == 0 && s->disk[c] == 0)
+    if (s->refs[c] == RC_FREE)
       q->free_map[c / 64] |= 1ull << (c % 64);
   q->free_map_clusters = s->nr_clusters;
   q->free_cursor = 1;
@@ -239,7 +264,7 @@ check_copied(struct scan *s)
     if (l2 == 0)
       continue;
     if (((q->l1[i] & QCOW_OFLAG_COPIED) != 0)
-        != (s->disk[l2 >> q->cluster_bits] == 1))
+        != (s->refs[l2 >> q->cluster_bits] == RC_ONE))
       problem(s, "an L1 entry's COPIED flag disagrees with the refcount", l2);
     if ((r = load_l2(s, l2)) != 0)
       return r < 0 ? r : 0;
@@ -249,7 +274,7 @@ check_copied(struct scan *s)
       if ((e & QCOW_OFLAG_COMPRESSED) || host == 0)
         continue;
       if (((e & QCOW_OFLAG_COPIED) != 0)
-          != (s->disk[host >> q->cluster_bits] == 1))
+          != (s->refs[host >> q->cluster_bits] == RC_ONE))
         problem(s, "an L2 entry's COPIED flag disagrees with the refcount",
                 host);
     }
@@ -272,17 +297,15 @@ qcow2_check_for_writing(struct qcow2_disk *q)
     return -EFBIG;
   }
   s.refs = calloc(s.nr_clusters + 1, sizeof *s.refs);
-  s.disk = calloc(s.nr_clusters + 1, sizeof *s.disk);
   s.table = malloc(q->cluster_size);
-  if (s.refs != NULL && s.disk != NULL && s.table != NULL
-      && (r = count_all(&s)) == 0 && (r = qcow2_refcounts_read_all(q, s.disk, s.nr_clusters)) == 0) {
-    compare(&s);
+  if (s.refs != NULL && s.table != NULL && (r = count_all(&s)) == 0
+      && (r = qcow2_refcounts_scan(q, s.nr_clusters, compare_one, &s)) == 0) {
+    check_refblocks(&s);
     r = check_copied(&s);
     if (r == 0 && s.problem == NULL)
       r = build_free_map(&s);
   }
   free(s.refs);
-  free(s.disk);
   free(s.table);
   if (r == 0 && s.problem != NULL) {
     fde_error("%s: inconsistent image (%s, at %#" PRIx64 "); it can only be "

@@ -5,7 +5,9 @@
  * must fill it completely.  A small cache of decompressed clusters keeps
  * sequential 4 KiB reads from decompressing the same cluster again and
  * again; its lock is held only to look up or swap entries, never across
- * I/O or decompression. */
+ * I/O or decompression.  Entries are keyed by the whole descriptor; why
+ * the reuse of freed clusters can never make one stale is explained at
+ * the top of qcow2-refcount.c. */
 #include <config.h>
 
 #include <errno.h>

@@ -275,25 +275,31 @@ read_run(struct qcow2_disk *q, const struct qcow2_extent *e, char *buf,
   return -EIO;
 }
 
-/* Read len bytes of the guest disk at off. */
+/* Read len bytes of the guest disk at off.  The whole read is one
+ * guarded operation (qcow2-refcount.c): no cluster it mapped is reused
+ * before its data has been read. */
 int
 qcow2_pread(struct fde_disk *d, void *buf, size_t len, uint64_t off)
 {
   struct qcow2_disk *q = to_qcow2(d);
   struct pending pd = { .len = 0 };
+  unsigned guard = qcow2_io_enter(q);
   char *p = buf;
-  int r;
+  int r = 0;
 
-  while (len > 0) {
+  while (len > 0 && r == 0) {
     struct qcow2_extent e;
     if ((r = qcow2_map(q, off, len, &e)) < 0
         || (r = read_run(q, &e, p, off, &pd)) < 0)
-      return r;
+      break;
     p += e.len;
     off += e.len;
     len -= e.len;
   }
-  return flush_pending(q, &pd);
+  if (r == 0)
+    r = flush_pending(q, &pd);
+  qcow2_io_leave(q, guard);
+  return r;
 }
 
 /* Status of the run at off: data if allocated here or in a backing layer,
@@ -329,7 +335,10 @@ qcow2_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
 
 /* The run at off as a range of a file, for replies spliced straight from
  * it: allocated data of this layer that the file already holds, or of a
- * backing layer that can say the same. */
+ * backing layer that can say the same.  The caller brackets the map and
+ * its use of the range with io_begin/io_end (qcow2_io_enter/leave) so the
+ * cluster is not reused meanwhile; backing layers are opened read-only
+ * and never free a cluster. */
 int
 qcow2_map_file(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
                uint64_t *host, uint64_t *run)

@@ -5,15 +5,40 @@
  * refblock, written before the data and long before the L2 entry that will
  * reference the cluster (qcow2-write.c), so a crash leaves leaks at worst.
  *
- * Allocation reuses the clusters that the consistency scan (qcow2-check.c)
- * found free at open -- no reference and refcount 0 -- and otherwise
- * appends at next_free, which starts past the end of the file and past
- * every cluster with a refcount.  A cluster freed during a session is never
- * reused in that session, so a reader that mapped it a moment before it
- * was freed still reads what it expected.  Freed clusters are punched out
- * of the host file.
+ * Allocation takes a cluster from the free map -- clusters the
+ * consistency scan (qcow2-check.c) found free at open, and clusters freed
+ * during the session once nothing can still be using them (below) -- and
+ * otherwise appends at next_free, which starts past the end of the file
+ * and past every cluster with a refcount.
  *
- * All functions here are called with q->alloc_lock held. */
+ * Reuse of freed clusters, as QEMU does, with grace periods in the manner
+ * of RCU.  Every operation that uses a host offset it got from the mapping
+ * -- qcow2_pread, an in-place write, a spliced read reply between the
+ * format's io_begin and io_end -- is counted, while it runs, in
+ * io_count[g] of the generation g that was current when it started
+ * (qcow2_io_enter).  A cluster whose refcount drops to 0 goes on the
+ * "freed" list; qcow2_recycle_freed (at the end of every flush, and when
+ * an allocation finds the free map empty) moves the freed list to
+ * "waiting" and flips io_gen, and waiting clusters are punched out of the
+ * file and become allocatable once io_count of the old generation has
+ * dropped to 0: every operation that could have mapped them before they
+ * were unlinked has then finished, and operations that started since see
+ * the tables without them.  Nothing waits: a grace period that has not
+ * ended is looked at again later, so a flush inside an operation (or a
+ * stuck reader) delays reuse but never deadlocks.  Frees are applied only
+ * after the tables that dropped the references are durable (the flush in
+ * qcow2-write.c, grow_reftable here), so a reused cluster is never still
+ * named by a table on disk.
+ *
+ * Caches keyed by host offset: the L2 cache forgets a freed cluster before
+ * it becomes allocatable (qcow2_l2_forget).  The decompressed-cluster
+ * cache (qcow2-compress.c) needs nothing: it is keyed by whole compressed
+ * descriptors, this program never writes a compressed cluster, so no
+ * descriptor naming a reused range can appear in the session, and a
+ * reader that still holds an old one is inside its grace period.
+ *
+ * Except for qcow2_io_enter/qcow2_io_leave, every function here is called
+ * with q->alloc_lock held. */
 #include <config.h>
 
 #include <errno.h>
@@ -216,11 +241,16 @@ new_refblock(struct qcow2_disk *q, uint64_t rt)
   r = fde_pwrite_full(q->fd, buf, q->cluster_size, c << q->cluster_bits);
   free(buf);
   /* The block must be durable before the table points at it. */
-  if (r < 0 || (r = fdatasync(q->fd) == 0 ? 0 : -errno) < 0)
+  if (r < 0 || (r = fde_io_fdatasync(q->fd)) < 0)
     return r;
   q->reftable[rt] = c << q->cluster_bits;
-  if ((r = write_reftable_entry(q, rt)) < 0)
+  if ((r = write_reftable_entry(q, rt)) < 0) {
+    /* Not hooked in on disk: forget it, or the next allocation would
+     * count in a block the file does not know (and hand out cluster c,
+     * the block itself).  A retry writes it again at the same place. */
+    q->reftable[rt] = 0;
     return r;
+  }
   q->next_free = c + 1;
   return 0;
 }
@@ -332,21 +362,27 @@ grow_reftable(struct qcow2_disk *q, uint64_t need)
   memcpy(table, q->reftable, q->reftable_entries * 8);
   r = write_growth_area(q, start, nr_blocks, area, table, entries);
   if (r == 0)
-    r = fdatasync(q->fd) == 0 ? 0 : -errno;
+    r = fde_io_fdatasync(q->fd);
   if (r == 0)
     r = write_reftable_header(q, (start + nr_blocks) << q->cluster_bits,
                               (uint32_t) (entries * 8 / cs));
   if (r == 0)
-    r = fdatasync(q->fd) == 0 ? 0 : -errno;
+    r = fde_io_fdatasync(q->fd);
   if (r < 0) {
     free(table);
     return r;
   }
+  /* Readers check L2 offsets against the table's place under map_lock
+   * (qcow2_overlaps_fixed_metadata): swap it under the write side, so
+   * that none sees a new offset with an old size.  Everything else here
+   * is read only with alloc_lock held. */
+  pthread_rwlock_wrlock(&q->map_lock);
+  q->reftable_offset = (start + nr_blocks) << q->cluster_bits;
+  q->reftable_clusters = (uint32_t) (entries * 8 / cs);
+  pthread_rwlock_unlock(&q->map_lock);
   free(q->reftable);
   q->reftable = table;
   q->reftable_entries = entries;
-  q->reftable_offset = (start + nr_blocks) << q->cluster_bits;
-  q->reftable_clusters = (uint32_t) (entries * 8 / cs);
   q->next_free = start + area;
   return qcow2_free_clusters(q, old_off, (uint64_t) old_clusters * cs);
 }
@@ -380,8 +416,8 @@ grow_file_size(struct qcow2_disk *q)
   }
 }
 
-/* A cluster that was free at open, whose refblock exists: refcount set
- * to 1.  1 and *host if one was found, 0 if none is left, or -errno. */
+/* A cluster of the free map whose refblock exists: refcount set to 1.
+ * 1 and *host if one was found, 0 if none is left, or -errno. */
 static int
 reuse_free_cluster(struct qcow2_disk *q, uint64_t *host)
 {
@@ -414,8 +450,9 @@ reuse_free_cluster(struct qcow2_disk *q, uint64_t *host)
   return 0;
 }
 
-/* Allocate one cluster: reuse one that was free at open, else append.
- * Its refcount becomes 1 (on disk); its offset is stored in *host. */
+/* Allocate one cluster: a free one (free at open, or freed and past its
+ * grace period), else append.  Its refcount becomes 1 (on disk); its
+ * offset is stored in *host. */
 int
 qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
 {
@@ -423,6 +460,11 @@ qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
 
   if ((r = reuse_free_cluster(q, host)) != 0)
     return r < 0 ? r : 0;
+  if (q->waiting.nr != 0 || q->freed.nr != 0) {
+    qcow2_recycle_freed(q);     /* a grace period may have ended */
+    if ((r = reuse_free_cluster(q, host)) != 0)
+      return r < 0 ? r : 0;
+  }
 
   if (q->next_free > QCOW2_MAX_HOST_OFFSET >> q->cluster_bits)
     return -EFBIG;
@@ -447,42 +489,143 @@ qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
   return 0;
 }
 
-/* Punch the run of freed clusters waiting in q->punch_first..punch_end
- * out of the file.  Runs, not single clusters: the host file system frees
- * only whole blocks, which small clusters never fill one at a time. */
-void
-qcow2_punch_freed(struct qcow2_disk *q)
-{
-  uint64_t n = q->punch_end - q->punch_first;
+/* ---- Grace periods and the way back to the free map --------------------- */
 
-  if (n > 0
-      && fallocate(q->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                   (off_t) (q->punch_first << q->cluster_bits),
-                   (off_t) (n << q->cluster_bits)) == -1
-      && errno != EOPNOTSUPP)
-    fde_debug("%s: punching %" PRIu64 " freed clusters at cluster %" PRIu64
-              ": %s", q->disk.path, n, q->punch_first, strerror(errno));
-  q->punch_first = q->punch_end = 0;
+unsigned
+qcow2_io_enter(struct qcow2_disk *q)
+{
+  for (;;) {
+    unsigned g = atomic_load(&q->io_gen);
+    atomic_fetch_add(&q->io_count[g], 1);
+    /* Counted in the generation that is still current: the flip that
+     * ends it will wait for us.  (Counted after a flip in the old one
+     * would only delay reuse; moving over keeps grace periods short.) */
+    if (atomic_load(&q->io_gen) == g)
+      return g;
+    atomic_fetch_sub(&q->io_count[g], 1);
+  }
 }
 
-/* Cluster c became free: extend the waiting run, or punch it and start
- * anew.  (A freed cluster is never allocated again in this session.) */
-static void
-punch_later(struct qcow2_disk *q, uint64_t c)
+void
+qcow2_io_leave(struct qcow2_disk *q, unsigned token)
 {
-  if (q->punch_end != q->punch_first && c == q->punch_end) {
-    q->punch_end++;
-    return;
+  atomic_fetch_sub(&q->io_count[token], 1);
+}
+
+/* Append cluster c to runs, extending the last run when c follows it.
+ * false when out of memory (c is then never reused in this session:
+ * refcount 0 and no reference, it is harmless). */
+static bool
+runs_add(struct qcow2_runs *runs, uint64_t c)
+{
+  struct qcow2_run *last = runs->nr ? &runs->run[runs->nr - 1] : NULL;
+
+  if (last != NULL && c == last->first + last->n) {
+    last->n++;
+    return true;
   }
-  qcow2_punch_freed(q);
-  q->punch_first = c;
-  q->punch_end = c + 1;
+  if (runs->nr == runs->cap) {
+    size_t cap = runs->cap ? runs->cap * 2 : 64;
+    struct qcow2_run *r = realloc(runs->run, cap * sizeof *r);
+    if (r == NULL)
+      return false;
+    runs->run = r;
+    runs->cap = cap;
+  }
+  runs->run[runs->nr++] = (struct qcow2_run) { .first = c, .n = 1 };
+  return true;
+}
+
+void
+qcow2_runs_free(struct qcow2_runs *runs)
+{
+  free(runs->run);
+  *runs = (struct qcow2_runs) { 0 };
+}
+
+/* Make the free map cover clusters below end (new bits clear). */
+static bool
+free_map_cover(struct qcow2_disk *q, uint64_t end)
+{
+  uint64_t words = (q->free_map_clusters + 63) / 64, want;
+  uint64_t *map;
+
+  if (end <= q->free_map_clusters)
+    return true;
+  want = end > 2 * q->free_map_clusters ? end : 2 * q->free_map_clusters;
+  want = (want + 63) / 64;
+  map = realloc(q->free_map, want * 8);
+  if (map == NULL)
+    return false;
+  memset(map + words, 0, (want - words) * 8);
+  q->free_map = map;
+  q->free_map_clusters = want * 64;
+  return true;
+}
+
+/* Punch a run of freed clusters out of the file and hand it to the
+ * allocator.  Runs, not single clusters: the host file system frees only
+ * whole blocks, which small clusters never fill one at a time.  A failed
+ * punch is harmless: the cluster is rewritten before anything reads it
+ * (qcow2-write.c writes whole clusters, or whole subclusters that only
+ * then become allocated). */
+static void
+release_run(struct qcow2_disk *q, const struct qcow2_run *run)
+{
+  int r = fde_io_fallocate(q->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                           run->first << q->cluster_bits,
+                           run->n << q->cluster_bits);
+
+  if (r < 0 && r != -EOPNOTSUPP)
+    fde_debug("%s: punching %" PRIu64 " freed clusters at cluster %" PRIu64
+              ": %s", q->disk.path, run->n, run->first, strerror(-r));
+  if (!free_map_cover(q, run->first + run->n))
+    return;                     /* out of memory: not reused, harmless */
+  for (uint64_t c = run->first; c < run->first + run->n; c++) {
+    qcow2_l2_forget(q, c << q->cluster_bits);
+    q->free_map[c / 64] |= 1ull << (c % 64);
+  }
+  if (run->first < q->free_cursor)
+    q->free_cursor = run->first;
+}
+
+/* The waiting clusters, if the operations of their generation are over. */
+static void
+release_waiting(struct qcow2_disk *q)
+{
+  if (q->waiting.nr == 0
+      || atomic_load(&q->io_count[q->waiting_gen]) != 0)
+    return;
+  for (size_t i = 0; i < q->waiting.nr; i++)
+    release_run(q, &q->waiting.run[i]);
+  q->waiting.nr = 0;
+}
+
+/* Move freed clusters one step towards reuse (see the top of the file):
+ * release the waiting ones whose grace period is over; then, if none wait,
+ * let the freed ones wait on the current generation, flip it, and release
+ * them at once when no guarded operation is in flight.  Never blocks. */
+void
+qcow2_recycle_freed(struct qcow2_disk *q)
+{
+  struct qcow2_runs spare;
+
+  release_waiting(q);
+  if (q->waiting.nr != 0 || q->freed.nr == 0)
+    return;
+  spare = q->waiting;           /* empty; keep its buffer */
+  q->waiting = q->freed;
+  q->freed = spare;
+  q->waiting_gen = atomic_load(&q->io_gen);
+  atomic_store(&q->io_gen, q->waiting_gen ^ 1);
+  release_waiting(q);
 }
 
 /* Drop one reference from every cluster of [offset, offset+len) (a data
  * cluster, an old table, or the span of a compressed cluster); clusters
- * that become free are punched out of the file, in runs (the last run by
- * qcow2_punch_freed at the end of the flush). */
+ * that become free start on their way back to the allocator.  0, or
+ * -errno with the clusters before the failing one done and the rest
+ * unchanged. */
 int
 qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len)
 {
@@ -494,11 +637,13 @@ qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len)
     return 0;
   for (uint64_t c = first; c <= last; c++) {
     uint64_t rc;
-    if ((r = update_in_refblock(q, c, 1, -1)) < 0
-        || (r = qcow2_refcount_get(q, c, &rc)) < 0)
+    /* Read, then write: a failure changes nothing for cluster c, so the
+     * flush can retry exactly what did not happen (apply_frees). */
+    if ((r = qcow2_refcount_get(q, c, &rc)) < 0
+        || (r = update_in_refblock(q, c, 1, -1)) < 0)
       return r;
-    if (rc == 0)
-      punch_later(q, c);
+    if (rc == 1)
+      runs_add(&q->freed, c);
   }
   return 0;
 }
@@ -534,10 +679,14 @@ qcow2_refs_find_end(struct qcow2_disk *q)
   return r;
 }
 
-/* Every refcount of clusters [0, nr) into out, saturated at 16 bits (for
- * the consistency scan), reading each refblock once. */
+/* Call visit(ctx, c, refcount) for every cluster c in [0, nr), in order
+ * (refcount 0 where no refblock covers c), reading each refblock once:
+ * the consistency scan's view of the refcounts, at full width. */
 int
-qcow2_refcounts_read_all(struct qcow2_disk *q, uint16_t *out, uint64_t nr)
+qcow2_refcounts_scan(struct qcow2_disk *q, uint64_t nr,
+                     void (*visit)(void *ctx, uint64_t cluster,
+                                   uint64_t refcount),
+                     void *ctx)
 {
   uint64_t rbe = refblock_entries(q);
   uint8_t *buf = malloc(q->cluster_size);
@@ -545,15 +694,14 @@ qcow2_refcounts_read_all(struct qcow2_disk *q, uint16_t *out, uint64_t nr)
 
   if (buf == NULL)
     return -ENOMEM;
-  for (uint64_t rt = 0; rt < q->reftable_entries && rt * rbe < nr; rt++) {
-    if (q->reftable[rt] == 0)
-      continue;
-    if ((r = fde_pread_full(q->fd, buf, q->cluster_size, q->reftable[rt])) < 0)
+  for (uint64_t rt = 0; rt * rbe < nr; rt++) {
+    bool have = rt < q->reftable_entries && q->reftable[rt] != 0;
+    if (have
+        && (r = fde_pread_full(q->fd, buf, q->cluster_size,
+                               q->reftable[rt])) < 0)
       break;
-    for (uint64_t i = 0; i < rbe && rt * rbe + i < nr; i++) {
-      uint64_t v = get_entry(q, buf, i);
-      out[rt * rbe + i] = v > UINT16_MAX ? UINT16_MAX : (uint16_t) v;
-    }
+    for (uint64_t i = 0; i < rbe && rt * rbe + i < nr; i++)
+      visit(ctx, rt * rbe + i, have ? get_entry(q, buf, i) : 0);
   }
   free(buf);
   return r;

@@ -106,13 +106,25 @@ release_entry(struct qcow2_disk *q, const struct entry *e)
   return e->host ? defer_free(q, e->host, q->cluster_size) : 0;
 }
 
+/* fdatasync the image.  A caveat no program can hide: after a real EIO
+ * (or ENOSPC) from fdatasync, Linux may already have marked the pages that
+ * failed to reach the disk clean and dropped the error, so a later sync
+ * succeeds without writing them.  What the flush writes itself (L2 tables,
+ * the L1) stays dirty in memory until a sync after its write succeeded, so
+ * a retried flush rewrites it; data clusters and refcount increments,
+ * written when the guest wrote, cannot be rewritten.  QEMU makes every
+ * later flush fail after one failed fdatasync for that reason
+ * (file-posix.c, page_cache_inconsistent); we let the caller retry, since
+ * the faults a retry can cure (an injected one, a transient error of the
+ * storage below) would otherwise cost the whole session. */
 static int
 sync_file(struct qcow2_disk *q)
 {
-  return fdatasync(q->fd) == 0 ? 0 : -errno;
+  return fde_io_fdatasync(q->fd);
 }
 
-/* Write the dirty range of the active L1 (host order in memory). */
+/* Write the dirty range of the active L1 (host order in memory); the
+ * range stays dirty (the caller clears it once a sync made it durable). */
 static int
 write_l1(struct qcow2_disk *q)
 {
@@ -126,12 +138,62 @@ write_l1(struct qcow2_disk *q)
     buf[i] = htobe64(q->l1[lo + i]);
   r = fde_pwrite_full(q->fd, buf, n * 8ull, q->l1_offset + lo * 8ull);
   free(buf);
-  if (r == 0)
-    q->l1_dirty_lo = q->l1_dirty_hi = 0;
   return r;
 }
 
-/* The flush sequence; alloc_lock held. */
+/* Drop the deferred references, one cluster at a time (a compressed span
+ * can cover two), taking each off the list -- or shrinking its span -- as
+ * soon as its refcount is written, so that a retry never drops one twice.
+ * qcow2_free_clusters changes nothing when it fails. */
+static int
+apply_frees(struct qcow2_disk *q)
+{
+  size_t done = 0;
+  int r = 0;
+
+  while (done < q->nr_frees) {
+    struct qcow2_free *f = &q->frees[done];
+    uint64_t cluster_end = (f->offset | (q->cluster_size - 1ull)) + 1;
+    uint64_t n = f->len < cluster_end - f->offset ? f->len
+      : cluster_end - f->offset;
+    if (n > 0 && (r = qcow2_free_clusters(q, f->offset, n)) < 0)
+      break;
+    f->offset += n;
+    f->len -= n;
+    if (f->len == 0)
+      done++;
+  }
+  if (done > 0)
+    memmove(q->frees, q->frees + done,
+            (q->nr_frees - done) * sizeof *q->frees);
+  q->nr_frees -= done;
+  return r;
+}
+
+/* The flush sequence; alloc_lock held.  It may fail at any step and be
+ * called again (the next fsync, a write that needs a cache slot, the
+ * caller of close) any number of times: what a step did is forgotten only
+ * once it is on disk, so nothing is applied twice.  What each step leaves
+ * on disk if it fails, or the system crashes, after it:
+ *  1. sync: data and refcount increments written so far are durable.
+ *     Nothing else has changed.
+ *  2. write every dirty L2 table in place, sync, then mark them clean.
+ *     A table on disk may already hold its new entries; each names a
+ *     cluster step 1 made durable, and the references they replaced are
+ *     still counted: leaks at worst.  Failed: the tables stay dirty and
+ *     pinned, and are written again.
+ *  3. write the dirty L1 range, sync, then mark it clean.  The L1 on disk
+ *     may already point at new tables, durable since step 2; the tables
+ *     it no longer names are still counted: leaks at worst.  Failed: the
+ *     range stays dirty and is written again.
+ *  4. drop the references the new entries replaced (apply_frees), now
+ *     that no table on disk holds them.  Each dropped one leaves the list;
+ *     the rest are dropped by the next flush.  These refcount writes are
+ *     not synced here: a crash before the next sync loses some of them,
+ *     which leaks clusters and never frees a referenced one.
+ *  5. hand freed clusters on towards reuse (qcow2-refcount.c).
+ * An injected fault (tests/unit/fault-test.c) models a call whose effect
+ * did not land; see sync_file for what a real failed fdatasync means. */
 int
 qcow2_flush_locked(struct qcow2_disk *q)
 {
@@ -139,17 +201,19 @@ qcow2_flush_locked(struct qcow2_disk *q)
 
   if ((r = sync_file(q)) < 0)
     return r;
-  if (qcow2_l2_dirty_count(q) > 0
-      && ((r = qcow2_l2_write_dirty(q)) < 0 || (r = sync_file(q)) < 0))
-    return r;
-  if (q->l1_dirty_hi > q->l1_dirty_lo
-      && ((r = write_l1(q)) < 0 || (r = sync_file(q)) < 0))
-    return r;
-  for (size_t i = 0; i < q->nr_frees; i++)
-    if ((r = qcow2_free_clusters(q, q->frees[i].offset, q->frees[i].len)) < 0)
+  if (qcow2_l2_dirty_count(q) > 0) {
+    if ((r = qcow2_l2_write_dirty(q)) < 0 || (r = sync_file(q)) < 0)
       return r;
-  q->nr_frees = 0;
-  qcow2_punch_freed(q);
+    qcow2_l2_clean_written(q);
+  }
+  if (q->l1_dirty_hi > q->l1_dirty_lo) {
+    if ((r = write_l1(q)) < 0 || (r = sync_file(q)) < 0)
+      return r;
+    q->l1_dirty_lo = q->l1_dirty_hi = 0;
+  }
+  if ((r = apply_frees(q)) < 0)
+    return r;
+  qcow2_recycle_freed(q);       /* freed clusters towards reuse */
   return 0;
 }
 
@@ -176,15 +240,20 @@ new_l2_table(struct qcow2_disk *q, uint64_t l1_index,
 
   if (old != 0 && (r = qcow2_l2_get(q, old, &src)) < 0)
     return r;
-  r = qcow2_alloc_cluster(q, &host);
-  /* Write the new table's first contents at once, though nothing points
-   * at it yet: the file gets its blocks now, so that flush, which rewrites
-   * the table in place, cannot fail for lack of space later. */
-  if (r == 0)
+  if ((r = qcow2_alloc_cluster(q, &host)) == 0) {
+    /* Write the new table's first contents at once, though nothing points
+     * at it yet: the file gets its blocks now, so that flush, which
+     * rewrites the table in place, cannot fail for lack of space later. */
     r = fde_pwrite_full(q->fd, old ? (const void *) src.table : q->zeros,
                         q->cluster_size, host);
-  if (r == 0)
-    r = qcow2_l2_install(q, host, old ? src.table : NULL, ref);
+    if (r == 0)
+      r = qcow2_l2_install(q, host, old ? src.table : NULL, ref);
+    /* Failed (-EAGAIN: the table's cache shard is full of dirty tables;
+     * the caller flushes and tries again): nothing names the cluster, so
+     * give it back now rather than leak it.  If even that fails, a leak. */
+    if (r < 0)
+      qcow2_free_clusters(q, host, q->cluster_size);
+  }
   if (old != 0)
     qcow2_l2_put(q, &src);
   if (r < 0)
@@ -263,20 +332,48 @@ write_merged(struct qcow2_disk *q, uint64_t host, uint64_t start,
   return r;
 }
 
-/* Extended L2, cluster allocated and ours: fill the touched subclusters
- * and mark them allocated. */
+/* Is subcluster g of an extended entry allocated? */
+static bool
+granule_allocated(const struct entry *e, uint64_t g)
+{
+  return (e->bitmap >> g) & 1;
+}
+
+/* Extended L2, cluster allocated and ours: write [off, off+n) and mark the
+ * touched subclusters allocated.  Subclusters already allocated get only
+ * the new bytes: an in-place writer (qcow2_pwrite, no lock held) may be
+ * writing their other bytes right now, and rewriting them whole from an
+ * earlier read would undo its write (tests/unit/stress.c, "neighbours").
+ * The others are written whole, merged with what shows through there:
+ * nobody writes them in place before their bit is set. */
 static int
 write_subclusters(struct qcow2_disk *q, const struct qcow2_l2_ref *ref,
                   uint32_t i, const struct entry *e, const void *buf,
                   uint64_t n, uint64_t off)
 {
-  uint64_t gs = 1ull << q->granule_bits;
-  uint64_t start = off & ~(gs - 1);
-  uint64_t span = ((off + n + gs - 1) & ~(gs - 1)) - start;
-  uint32_t mask = granule_mask(q, off, n);
+  uint64_t gs = 1ull << q->granule_bits, end = off + n;
   uint64_t cstart = off & ~((uint64_t) q->cluster_size - 1);
-  int r = write_merged(q, e->host + (start - cstart), start, span, buf, n, off);
+  uint32_t mask = granule_mask(q, off, n);
+  const char *p = buf;
+  int r = 0;
 
+  for (uint64_t pos = off; r == 0 && pos < end;) {
+    uint64_t gstart = pos & ~(gs - 1), run_end = gstart + gs, m;
+    bool alloc = granule_allocated(e, (gstart - cstart) >> q->granule_bits);
+    while (run_end < end
+           && granule_allocated(e, (run_end - cstart) >> q->granule_bits)
+              == alloc)
+      run_end += gs;            /* subclusters of the same kind: one I/O */
+    m = (end < run_end ? end : run_end) - pos;
+    if (alloc)
+      r = fde_pwrite_full(q->fd, p != NULL ? (const void *) p : q->zeros, m,
+                          e->host + (pos - cstart));
+    else
+      r = write_merged(q, e->host + (gstart - cstart), gstart,
+                       run_end - gstart, p, m, pos);
+    pos += m;
+    p = p != NULL ? p + m : NULL;
+  }
   if (r < 0)
     return r;
   store_entry(q, ref->table, i, e->raw,
@@ -299,6 +396,10 @@ write_new_cluster(struct qcow2_disk *q, const struct qcow2_l2_ref *ref,
     : q->cluster_size;
   int r;
 
+  /* host may be a reused cluster holding old bytes (its punch failed):
+   * fine, since only the subclusters written whole here are marked
+   * allocated, and write_subclusters also writes a subcluster whole
+   * before setting its bit, so no old byte is ever read. */
   if ((r = qcow2_alloc_cluster(q, &host)) < 0
       || (r = write_merged(q, host + (start - cstart), start, span, buf, n,
                            off)) < 0)
@@ -384,11 +485,18 @@ qcow2_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
 
   while (len > 0 && r == 0) {
     uint64_t n = q->cluster_size - qcow2_offset_into_cluster(q, off), host;
+    unsigned guard;
+    bool direct;
     if (n > len)
       n = len;
-    if (in_place(q, off, n, &host))
+    /* An in-place write is a guarded operation: the cluster it found
+     * cannot be reused for other data before the write lands. */
+    guard = qcow2_io_enter(q);
+    direct = in_place(q, off, n, &host);
+    if (direct)
       r = fde_pwrite_full(q->fd, p, n, host);
-    else {
+    qcow2_io_leave(q, guard);
+    if (!direct) {
       pthread_mutex_lock(&q->alloc_lock);
       r = write_alloc(q, p, n, off);
       pthread_mutex_unlock(&q->alloc_lock);

@@ -683,35 +683,6 @@ backing_format(struct qcow2_disk *q, const struct fde_format **fmt)
   return -ENOTSUP;
 }
 
-/* Open the backing file's descriptor: read-only, a regular file (or a
- * block device when allowed). */
-static int
-open_backing_fd(const struct fde_open_params *p, const char *path)
-{
-  struct stat st;
-  /* O_NONBLOCK: opening a FIFO named by a hostile image must not hang. */
-  int err, fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-
-  if (fd == -1) {
-    err = errno;
-    fde_error("%s: backing file %s: %s", p->path, path, strerror(err));
-    return -err;
-  }
-  if (fstat(fd, &st) == -1) {
-    err = errno;
-    fde_error("%s: backing file %s: fstat: %s", p->path, path, strerror(err));
-    close(fd);
-    return -err;
-  }
-  if (S_ISREG(st.st_mode) || (S_ISBLK(st.st_mode) && p->allow_bdev_backing))
-    return fcntl(fd, F_SETFL, 0) == 0 ? fd : (close(fd), -errno);
-  fde_error("%s: backing file %s is not a regular file%s", p->path, path,
-            S_ISBLK(st.st_mode) ? " (block devices need the option to allow "
-            "them)" : "");
-  close(fd);
-  return -EINVAL;
-}
-
 /* Start a chain for loop detection when the caller gave none: record the
  * top layer ourselves. */
 static int
@@ -747,7 +718,9 @@ open_backing(const struct fde_open_params *p, struct qcow2_disk *q)
       return r;
     cp.chain = &local;
   }
-  if ((fd = open_backing_fd(p, q->backing_path)) < 0)
+  /* the shared opener: read-only, a regular file, and readable by the
+   * image's owner when someone else exports it (formats/owner.c) */
+  if ((fd = fde_open_named(p, "backing file", q->backing_path)) < 0)
     return fd;
   cp.path = q->backing_path;
   cp.fd = fd;
@@ -835,14 +808,16 @@ static int
 clear_unknown_autoclear(struct qcow2_disk *q)
 {
   uint64_t keep = q->autoclear & QCOW2_AUTOCLEAR_BITMAPS, be;
+  int r;
 
   if (q->version < 3 || keep == q->autoclear)
     return 0;
   be = htobe64(keep);
-  if (fde_pwrite_full(q->fd, &be, 8, 88) < 0 || fdatasync(q->fd) == -1) {
+  if ((r = fde_pwrite_full(q->fd, &be, 8, 88)) < 0
+      || (r = fde_io_fdatasync(q->fd)) < 0) {
     fde_error("%s: cannot update the header: %s", q->disk.path,
-              strerror(errno));
-    return -EIO;
+              strerror(-r));
+    return r;
   }
   q->autoclear = keep;
   return 0;
@@ -885,6 +860,8 @@ free_disk(struct qcow2_disk *q)
   pthread_rwlock_destroy(&q->map_lock);
   free(q->reftable);
   free(q->free_map);
+  qcow2_runs_free(&q->freed);
+  qcow2_runs_free(&q->waiting);
   free(q->frees);
   free(q->zeros);
   fde_disk_close(q->backing);
@@ -897,6 +874,24 @@ free_disk(struct qcow2_disk *q)
   free(q->backing_path);
   free(q->disk.path);
   free(q);
+}
+
+/* map_lock prefers writers: a steady stream of readers must not starve
+ * the writer that updates an L1 or L2 entry (glibc's default lets new
+ * readers in while a writer waits).  Such a lock deadlocks a thread that
+ * takes the read side twice while a writer waits, so no path does: every
+ * read-side section (qcow2_map, in_place in qcow2-write.c) is a lookup
+ * that takes no other map_lock and calls nothing that does. */
+static void
+init_map_lock(pthread_rwlock_t *lock)
+{
+  pthread_rwlockattr_t attr;
+
+  pthread_rwlockattr_init(&attr);
+  pthread_rwlockattr_setkind_np(&attr,
+                                PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(lock, &attr);
+  pthread_rwlockattr_destroy(&attr);
 }
 
 static int
@@ -913,7 +908,7 @@ qcow2_open(const struct fde_open_params *p, struct fde_disk **out)
   q->disk.read_only = true;     /* until open_for_writing says otherwise */
   q->fd = p->fd;
   pthread_mutex_init(&q->alloc_lock, NULL);
-  pthread_rwlock_init(&q->map_lock, NULL);
+  init_map_lock(&q->map_lock);
   if ((r = file_size(p, &q->file_size)) < 0) {
     fde_error("%s: cannot find the file size: %s", p->path, strerror(-r));
     goto fail;
@@ -1034,17 +1029,31 @@ qcow2_describe(struct fde_disk *d, FILE *out)
     describe_backing(q, out);
 }
 
+/* Free everything and close the file; no flush (format.h): the caller
+ * flushes once before and reports how that went.  Whatever no flush made
+ * durable is lost, which leaves leaks at worst (qcow2_flush_locked). */
 static void
 qcow2_close(struct fde_disk *d)
 {
   struct qcow2_disk *q = to_qcow2(d);
   int fd = q->fd;
 
-  if (!d->read_only && qcow2_flush(d) < 0)
-    fde_error("%s: flush on close failed: recent writes may be lost",
-              d->path);
   free_disk(q);
   close(fd);
+}
+
+/* format.h's io_begin/io_end: the grace-period guard of qcow2-refcount.c
+ * around a spliced reply. */
+static unsigned
+qcow2_io_begin(struct fde_disk *d)
+{
+  return qcow2_io_enter(to_qcow2(d));
+}
+
+static void
+qcow2_io_end(struct fde_disk *d, unsigned token)
+{
+  qcow2_io_leave(to_qcow2(d), token);
 }
 
 const struct fde_format fde_format_qcow2 = {
@@ -1062,4 +1071,6 @@ const struct fde_format fde_format_qcow2 = {
   .allocated_bytes = qcow2_allocated_bytes,
   .describe        = qcow2_describe,
   .map             = qcow2_map_file,
+  .io_begin        = qcow2_io_begin,
+  .io_end          = qcow2_io_end,
 };

@@ -169,6 +169,16 @@ struct qcow2_free {
   uint64_t len;
 };
 
+/* Runs of clusters [first, first+n), in the order they were added. */
+struct qcow2_run {
+  uint64_t first;
+  uint64_t n;
+};
+struct qcow2_runs {
+  struct qcow2_run *run;
+  size_t nr, cap;
+};
+
 struct qcow2_l2_cache;          /* qcow2-cache.c, opaque */
 struct qcow2_zcache;            /* qcow2-compress.c, opaque */
 
@@ -238,16 +248,22 @@ struct qcow2_disk {
   uint32_t reftable_clusters;
   uint64_t reftable_entries;
   uint64_t next_free;           /* first cluster never allocated */
-  uint64_t *free_map;           /* bit c: cluster c was free at open */
+  uint64_t *free_map;           /* bit c: cluster c may be allocated */
   uint64_t free_map_clusters;   /* clusters the map covers */
   uint64_t free_cursor;         /* no free bit below it */
+
+  /* reuse of freed clusters (qcow2-refcount.c): grace periods */
+  atomic_uint io_gen;           /* generation that new guarded I/O joins */
+  atomic_uint_fast64_t io_count[2];     /* guarded I/O in flight, per gen */
+  struct qcow2_runs freed;      /* refcount 0, may still be in use */
+  struct qcow2_runs waiting;    /* freed before the last flip of io_gen */
+  unsigned waiting_gen;         /* its I/O must end before they are reused */
 
   /* writing: pending updates (qcow2-write.c) */
   pthread_mutex_t alloc_lock;   /* allocation, metadata updates, flush */
   pthread_rwlock_t map_lock;    /* L1/L2 entries: lookups vs updates */
   uint32_t l1_dirty_lo, l1_dirty_hi;    /* L1 entries not yet written */
   struct qcow2_free *frees;     /* references to drop after the next sync */
-  uint64_t punch_first, punch_end;  /* freed clusters not yet punched */
   void *zeros;                  /* one cluster of zeros (writable images) */
   size_t nr_frees, cap_frees;
 };
@@ -364,8 +380,10 @@ int qcow2_l2_install(struct qcow2_disk *q, uint64_t l2_offset,
                      const uint64_t *copy, struct qcow2_l2_ref *ref);
 void qcow2_l2_mark_dirty(struct qcow2_disk *q, struct qcow2_l2_ref *ref);
 int qcow2_l2_write_dirty(struct qcow2_disk *q);
+void qcow2_l2_clean_written(struct qcow2_disk *q);
 unsigned qcow2_l2_dirty_count(struct qcow2_disk *q);
 unsigned qcow2_l2_capacity(struct qcow2_disk *q);
+void qcow2_l2_forget(struct qcow2_disk *q, uint64_t l2_offset);
 
 /* qcow2-compress.c */
 struct qcow2_zcache *qcow2_zcache_new(uint32_t cluster_size, uint64_t budget);
@@ -387,11 +405,21 @@ int qcow2_select_snapshot(struct qcow2_disk *q, const char *id_or_name);
 int qcow2_refs_load(struct qcow2_disk *q, uint64_t offset, uint32_t clusters);
 int qcow2_refs_find_end(struct qcow2_disk *q);
 int qcow2_refcount_get(struct qcow2_disk *q, uint64_t cluster, uint64_t *rc);
-int qcow2_refcounts_read_all(struct qcow2_disk *q, uint16_t *out,
-                             uint64_t nr);
+int qcow2_refcounts_scan(struct qcow2_disk *q, uint64_t nr,
+                         void (*visit)(void *ctx, uint64_t cluster,
+                                       uint64_t refcount),
+                         void *ctx);
 int qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host);
 int qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len);
-void qcow2_punch_freed(struct qcow2_disk *q);
+void qcow2_recycle_freed(struct qcow2_disk *q);
+void qcow2_runs_free(struct qcow2_runs *runs);
+
+/* qcow2-refcount.c, any thread, no lock: the grace-period guard around a
+ * use of host offsets taken from the mapping (reads, in-place writes,
+ * spliced replies).  qcow2_io_enter returns the token for qcow2_io_leave;
+ * neither blocks, and guards may nest. */
+unsigned qcow2_io_enter(struct qcow2_disk *q);
+void qcow2_io_leave(struct qcow2_disk *q, unsigned token);
 
 /* qcow2-check.c */
 int qcow2_check_for_writing(struct qcow2_disk *q);
