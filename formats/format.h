@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: the interface every format backend implements.
  *
  * A backend turns an open image file into a flat, byte-addressed virtual

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: QEMU-compatible image locking.
  *
  * QEMU (block/file-posix.c) announces what it does with an image through

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: opening the files an image names (backing files; the
  * extents of formats to come) as the image's owner would.
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: the raw backend.  The virtual disk is the file itself;
  * holes, punching and allocation status come from the host file system. */
 #include <config.h>

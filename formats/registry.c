@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: the list of served formats, probing between them, and
  * opening one layer of a chain with loop and depth checks. */
 #include <config.h>

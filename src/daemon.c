@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: going into the background with a readiness pipe, the
  * pid file, and --stop.  The parent of a daemon returns only when the
  * child says every export is live (status byte 0) or failed (its exit

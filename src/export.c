@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: one export's life: open the image (before anything is
  * mounted), mount the view on its path, serve it in a multi-threaded loop,
  * unmount and close. */

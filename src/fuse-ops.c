@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: the FUSE low-level operations of a single-file
  * filesystem whose root is the raw view of one image.  Every handler
  * replies exactly once; backend errors (negative errno) are converted

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: declarations shared by the files of the front end,
  * grouped by the file that owns them. */
 #ifndef FDE_INTERNAL_H

@@ -1,14 +1,18 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: messages.  One line each, to stderr while in the
  * foreground and to syslog once daemonized. */
 #include <config.h>
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <syslog.h>
 
 #include "internal.h"
 
-static bool use_syslog;
+/* Set once the daemon has detached, while FUSE workers may be logging. */
+static atomic_bool use_syslog;
 static int verbosity;
 static const char *context;     /* see fde_log_context */
 
@@ -22,7 +26,7 @@ void
 log_to_syslog(void)
 {
   openlog("fuse-disk-export", LOG_PID, LOG_DAEMON);
-  use_syslog = true;
+  atomic_store(&use_syslog, true);
 }
 
 void
@@ -34,7 +38,7 @@ log_set_verbosity(int verbose)
 static void
 vlog(int priority, const char *prefix, const char *fmt, va_list ap)
 {
-  if (use_syslog) {
+  if (atomic_load(&use_syslog)) {
     vsyslog(priority, fmt, ap);
     return;
   }

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: show disk images as raw disks on their own paths.
  *
  * The order matters: open every image and its backing chain first (errors

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: what the mount table says, and unmounting (directly as
  * root, through fusermount3 otherwise).
  *

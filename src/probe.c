@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: recognising image formats we do not serve (so that
  * they are never exported as raw by mistake), the sector-0 guard, and
  * libblkid's view of what a raw disk holds. */

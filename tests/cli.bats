@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # The command line: help, version, usage errors, the option tables.
 
 load helpers
@@ -146,4 +148,19 @@ LONG_OPTIONS="daemonize pid-file format read-only allow-other mountpoint probe
   for o in $output; do
     [[ "$text" == *"$o"* ]] || fail "$o is not in $man"
   done
+}
+
+@test "every source, build and test file carries the licence; COPYING is the GPL" {
+  local top="${FDE_SRCDIR:-$BATS_TEST_DIRNAME/..}" f missing=()
+  grep -q 'GNU GENERAL PUBLIC LICENSE' "$top/COPYING"
+  while IFS= read -r f; do
+    grep -q 'SPDX-License-Identifier: GPL-2.0-or-later' "$f" || missing+=("$f")
+  done < <(find "$top/src" "$top/formats" "$top/tests" "$top/man" \
+             "$top/configure.ac" "$top/Makefile.am" "$top/.ci/run" \
+             -type f \( -name '*.[ch]' -o -name '*.bats' -o -name '*.bash' \
+             -o -name '*.sh' -o -name '*.py' -o -name '*.1' -o -name run-bats \
+             -o -name configure.ac -o -name Makefile.am -o -name run \) \
+             -not -path '*/fuzz/work/*')
+  [ ${#missing[@]} -eq 0 ] || fail "no licence line in: ${missing[*]}"
+  grep -q 'GPL-2.0-or-later' "$top/README"
 }

@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Hostile qcow2 images: qemu-img-made images with fields poked the way QEMU
 # iotests 060 and 080 do (tests/qcow2-poke.py).  Each must be either refused
 # at open (exit 3, one line naming the image and the problem, nothing

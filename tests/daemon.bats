@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Life cycle of an export: daemonizing, pid file, signals, foreground mode,
 # refusals, several images, -m.
 

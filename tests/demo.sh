@@ -1,4 +1,6 @@
 #!/bin/sh
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # The README's demo: make a small qcow2 disk with a partition table, show
 # it as a raw disk on its own path, look at it with file and sfdisk, and
 # revert.  Run from the build directory (or set FDE).

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export tests: an LD_PRELOAD library that makes chosen I/O
  * calls on one file fail, so that a test can inject faults into the
  * daemon end to end (tests/faults.bats).

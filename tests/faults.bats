@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Faults injected end to end through the daemon (issue 10, item 1).  The
 # daemon runs with tests/fault-shim.so preloaded, which makes chosen calls
 # on the image file's descriptor (matched by device and inode, recorded

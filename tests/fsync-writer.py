@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 """Numbered-block writer and checker for the crash (SIGKILL) test.
 
   fsync-writer.py write VIEW ACKS SEED

@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # The libFuzzer harnesses (tests/fuzz/) build, replay without a crash
 # every saved regression input and every seed image, and survive a short
 # fuzzing run.  Longer runs: "make fuzz".

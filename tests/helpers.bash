@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Shared set-up for the bats suites: load bats-support/bats-assert, make a
 # scratch directory, and make sure every export a test starts is reverted
 # even when the test fails.

@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # The mount follows the file, not its name: a view is mounted on the file
 # resolved at start (as root, whatever the name leads to by then), found
 # again by its FUSE device wherever its directory has moved, and unmounted

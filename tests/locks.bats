@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Locks: QEMU's lock bytes are set before they are tested, so that the
 # export and a QEMU starting at the same moment never both get an image;
 # two launches exporting one image never both mount (the later exits 4 at

@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Root exporting another user's image: the view belongs to the image's
 # owner, so every file the chain opens (backing files, symlinks to them,
 # files named by a middle layer) must be readable by that owner, checked

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Making qcow2 test images with qemu-img and qemu-io, and their raw
 # oracles.  Load after helpers.bash (`load helpers; load qcow2-helpers`).
 #

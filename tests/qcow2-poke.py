@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 """Inspect and corrupt qcow2 images for tests/corrupt.bats, the way QEMU's
 iotests do with poke_file and qcow2.py.  Python 3 standard library only.
 

@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # The qcow2 read path (issue 3): a matrix of images made by qemu-img and
 # qemu-io (v2/v3, cluster sizes 512 B .. 2 MiB, zlib/zstd compression,
 # refcount widths, extended L2, zero clusters, odd sizes, snapshots, a

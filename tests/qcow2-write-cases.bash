@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # The qcow2 image recipes the write tests (tests/qcow2-write.bats) and the
 # soak (tests/write-soak.sh) run the randomized workload on.  Sourced; all
 # functions work in the current directory and need qemu-img and qemu-io.

@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # The qcow2 write path: randomized workloads mirrored on a raw model over a
 # matrix of image kinds, fio with verification, a crash (SIGKILL) in the
 # middle of fsync'd writes, dirty and locked images, a full host file

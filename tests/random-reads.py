@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 """Compare many reads of a view with the same reads of an oracle file.
 
   random-reads.py [options] VIEW ORACLE

@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Freed clusters are reused within a session, as QEMU reuses them, and
 # never while a read that mapped them may still use them; and the smaller
 # defects found next to that code: the refcount table moved without the

@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # The revert: the moment the path shows the image again, the image is
 # complete, clean and unlocked; --stop signals the daemon and returns only
 # once it has exited, with its verdict; an empty write at the end of the

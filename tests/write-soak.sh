@@ -1,4 +1,6 @@
 #!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Long randomized soak of the qcow2 write path (not part of make check).
 #
 #   tests/write-soak.sh [-o OPS] [-n SESSIONS] [-s FIRST_SEED] [-d DIR] [CASE]...

@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 """Randomized write workload through a fuse-disk-export view, mirrored on a
 plain model file.
 

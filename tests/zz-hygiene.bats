@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Runs last in `make check`: the suites before it left the machine as they
 # found it.  Also checks the teardown's FUSE abort: it ends only the
 # connections of the test's own mounts, proved at the moment of aborting.

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: qcow2 backend — the L2-table cache.
  *
  * L2 tables are loaded on demand (opening even a 1 TiB image reads none)

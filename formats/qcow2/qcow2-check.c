@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: qcow2 backend — the consistency scan made before an
  * image is opened for writing.
  *

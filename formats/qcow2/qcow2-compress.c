@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: qcow2 backend — compressed clusters.
  *
  * A compressed cluster is decompressed whole (deflate or zstd), into a

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: qcow2 backend — guest-to-host mapping (L1/L2, standard
  * and extended L2 entries), reads through the backing chain, and block
  * status for SEEK_DATA/SEEK_HOLE.

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: qcow2 backend — the internal snapshot table, and
  * exporting one snapshot (read-only) instead of the active layer.
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: qcow2 backend — header parsing and validation, header
  * extensions, the backing chain, open/close/describe and the format table.
  *

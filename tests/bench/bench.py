@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Benchmark for fuse-disk-export (issue 6): "make bench", never part of
 # "make check".
 #

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: helpers shared by the libFuzzer harnesses in this
  * directory (fuzz-qcow2-read.c, fuzz-qcow2-write.c).
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: libFuzzer harness for the qcow2 write path.
  *
  * The input is a whole image file, copied into a memfd and opened with

@@ -1,4 +1,6 @@
 #!/bin/sh
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
 # Make the seed corpus for the qcow2 fuzzers: small images made by
 # qemu-img/qemu-io that together reach every feature the reader handles.
 #

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export unit test: the FUSE write handler's replies, driven
  * through libfuse's custom I/O (fuse_session_custom_io) with this test
  * playing the kernel on a socket pair, so that it can send requests the

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: logging for unit tests and tools linked without
  * src/log.c — every message goes to stderr, one line each. */
 #include <config.h>

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: deterministic tests of cluster reuse and of the locks
  * around it, linking the backends directly (no FUSE).  Driven by
  * tests/reuse.bats, which makes the images with qemu-img and checks them

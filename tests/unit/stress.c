@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: a multi-threaded stress test of the format backends,
  * linked with libformats.a and no FUSE; "make check" runs it in every
  * build, and configure --enable-sanitizers=thread runs it under
