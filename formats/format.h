@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 struct fde_format;
@@ -249,8 +250,10 @@ uint64_t fde_io_fault_calls(void);
 uint64_t fde_io_fault_injected(void);
 
 /* formats/lock.c: take QEMU's image locks (shared OFD locks on bytes
- * 100-103 and 200-203) for a reader or a writer; -EBUSY, with a message,
- * when QEMU or another export holds a conflicting lock.  Our bytes are set
+ * 100-103 and 200-203) for a reader or a writer; with a message naming
+ * the holder where /proc shows it, -EADDRINUSE when another
+ * fuse-disk-export holds a conflicting lock, -EBUSY when another program
+ * (QEMU) does.  Our bytes are set
  * before the conflict test and dropped again on failure, as QEMU does, so
  * two users starting at once cannot both pass. */
 int fde_lock_image(int fd, const char *path, bool writable);
@@ -258,6 +261,21 @@ int fde_lock_image(int fd, const char *path, bool writable);
 /* Drop the locks fde_lock_image took on fd's open file description (any
  * descriptor of it); the image stays open. */
 void fde_unlock_image(int fd);
+
+/* Who holds a lock, for messages only (the answer may be stale at once).
+ * The pid of a process holding a lock of kind ("FLOCK" or "OFDLCK", as
+ * /proc/locks names them) on the file st names (its st_dev and st_ino)
+ * that covers byte (-1: any byte), or 0 if none is found.  From
+ * /proc/locks; where it gives no pid (OFD locks: -1), from the "lock:"
+ * lines of /proc/PID/fdinfo/FD, so only processes we may inspect.  With
+ * others_only, this process's locks are skipped. */
+long fde_lock_holder(const struct stat *st, const char *kind, long long byte,
+                     bool others_only);
+
+/* What process pid is, for a message: "fuse-disk-export" if it runs this
+ * program (its executable, or its 15-byte comm), else its
+ * /proc/PID/comm; NUL-terminated into buf (len bytes).  false if unknown. */
+bool fde_process_name(long pid, char *buf, size_t len);
 
 /* Logging (src/log.c, or a stub in the fuzzers): one line each, printf
  * style, to stderr in the foreground and to syslog once daemonized. */

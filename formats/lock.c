@@ -11,9 +11,15 @@
  * or qemu-img and this program refuse each other. */
 #include <config.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include "format.h"
 
@@ -31,6 +37,166 @@ enum {
 static const char *const perm_names[NR_PERMS] = {
   "consistent read", "write", "write unchanged", "resize",
 };
+
+/* Does line, in /proc/locks' format ("1: OFDLCK ADVISORY READ PID
+ * MAJ:MIN:INO START END"), describe a lock of kind on the file st names,
+ * covering byte (-1: any byte)?  The pid it gives (-1 when the kernel
+ * does not say, as for OFD locks) in *pid.  Waiters ("1: -> FLOCK ...")
+ * do not match. */
+static bool
+lock_line_matches(const char *line, const char *kind, const struct stat *st,
+                  long long byte, long *pid)
+{
+  char type[16], end[24];
+  unsigned maj, min;
+  unsigned long ino;
+  long long start;
+
+  if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%lu %lld %23s", type, pid,
+             &maj, &min, &ino, &start, end) != 7
+      || strcmp(type, kind) != 0 || maj != major(st->st_dev)
+      || min != minor(st->st_dev) || ino != st->st_ino)
+    return false;
+  return byte < 0 || (start <= byte && (strcmp(end, "EOF") == 0
+                                        || byte <= strtoll(end, NULL, 10)));
+}
+
+/* Does /proc/PID/fdinfo of process pid list such a lock on one of its
+ * descriptors?  Read as text only: the files themselves are never
+ * touched (a stat of a hung FUSE view would hang). */
+static bool
+fdinfo_has_lock(long pid, const char *kind, const struct stat *st,
+                long long byte)
+{
+  char dir_path[64], path[96], line[256];
+  struct dirent *fd_ent;
+  bool found = false;
+  long line_pid;
+  DIR *dir;
+
+  snprintf(dir_path, sizeof dir_path, "/proc/%ld/fdinfo", pid);
+  if ((dir = opendir(dir_path)) == NULL)
+    return false;
+  while (!found && (fd_ent = readdir(dir)) != NULL) {
+    FILE *f;
+
+    if (fd_ent->d_name[0] == '.')
+      continue;
+    snprintf(path, sizeof path, "%s/%.20s", dir_path, fd_ent->d_name);
+    if ((f = fopen(path, "re")) == NULL)
+      continue;
+    while (!found && fgets(line, sizeof line, f) != NULL)
+      found = strncmp(line, "lock:", 5) == 0
+              && lock_line_matches(line + 5, kind, st, byte, &line_pid);
+    fclose(f);
+  }
+  closedir(dir);
+  return found;
+}
+
+/* The process whose fdinfo shows the lock, scanning /proc (only the
+ * processes we may inspect), or 0. */
+static long
+fdinfo_lock_holder(const char *kind, const struct stat *st, long long byte,
+                   bool others_only)
+{
+  struct dirent *ent;
+  long found = 0;
+  DIR *proc = opendir("/proc");
+
+  if (proc == NULL)
+    return 0;
+  while (found == 0 && (ent = readdir(proc)) != NULL) {
+    char *end;
+    long pid = strtol(ent->d_name, &end, 10);
+
+    if (*end != '\0' || pid <= 0 || (others_only && pid == (long) getpid()))
+      continue;
+    if (fdinfo_has_lock(pid, kind, st, byte))
+      found = pid;
+  }
+  closedir(proc);
+  return found;
+}
+
+long
+fde_lock_holder(const struct stat *st, const char *kind, long long byte,
+                bool others_only)
+{
+  char line[256];
+  long pid, found = 0;
+  bool unnamed = false;
+  FILE *f = fopen("/proc/locks", "re");
+
+  if (f == NULL)
+    return 0;
+  while (found == 0 && fgets(line, sizeof line, f) != NULL)
+    if (lock_line_matches(line, kind, st, byte, &pid)) {
+      if (pid <= 0)
+        unnamed = true;
+      else if (!others_only || pid != (long) getpid())
+        found = pid;
+    }
+  fclose(f);
+  if (found == 0 && unnamed)
+    found = fdinfo_lock_holder(kind, st, byte, others_only);
+  return found;
+}
+
+bool
+fde_process_name(long pid, char *buf, size_t len)
+{
+  char path[64];
+  struct stat self, other;
+  size_t n;
+  FILE *f;
+
+  snprintf(path, sizeof path, "/proc/%ld/exe", pid);
+  if (stat("/proc/self/exe", &self) == 0 && stat(path, &other) == 0
+      && self.st_dev == other.st_dev && self.st_ino == other.st_ino) {
+    snprintf(buf, len, "%s", PACKAGE_NAME);
+    return true;
+  }
+  snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+  if (len == 0 || (f = fopen(path, "re")) == NULL)
+    return false;
+  n = fread(buf, 1, len - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  buf[strcspn(buf, "\n")] = '\0';
+  /* comm keeps 15 bytes: "fuse-disk-expor" */
+  if (strncmp(buf, PACKAGE_NAME, 15) == 0)
+    snprintf(buf, len, "%s", PACKAGE_NAME);
+  return buf[0] != '\0';
+}
+
+/* A conflict on byte of fd's file (-1: some byte): say who holds it
+ * where /proc tells, "in use by NAME (pid N), which WHY", else "in use by
+ * another program (QEMU?) that WHY", WHY naming permission perm if not
+ * NULL.  -EADDRINUSE if the holder is another fuse-disk-export (the
+ * image is exported already), else -EBUSY. */
+static int
+report_conflict(int fd, const char *path, long long byte, const char *why,
+                const char *perm)
+{
+  char name[64], reason[96];
+  struct stat st;
+  long pid = fstat(fd, &st) == 0
+             ? fde_lock_holder(&st, "OFDLCK", byte, true) : 0;
+
+  if (perm != NULL)
+    snprintf(reason, sizeof reason, "%s the %s permission", why, perm);
+  else
+    snprintf(reason, sizeof reason, "%s", why);
+  if (pid > 0 && fde_process_name(pid, name, sizeof name)) {
+    fde_error("%s: in use by %s (pid %ld), which %s; stop it first", path,
+              name, pid, reason);
+    return strcmp(name, PACKAGE_NAME) == 0 ? -EADDRINUSE : -EBUSY;
+  }
+  fde_error("%s: in use by another program (QEMU?) that %s; stop it first",
+            path, reason);
+  return -EBUSY;
+}
 
 /* Would an exclusive lock on byte conflict with someone's shared lock?
  * An OFD lock test ignores the locks of the tested descriptor's own open
@@ -80,8 +246,8 @@ set_our_bytes(int fd, unsigned used, unsigned unshared)
   return r == -EAGAIN || r == -EACCES ? -EBUSY : r;
 }
 
-/* Does anyone else's lock conflict with ours?  0, -EBUSY (message
- * logged) or -errno. */
+/* Does anyone else's lock conflict with ours?  0, -EBUSY or -EADDRINUSE
+ * (message logged, see report_conflict) or -errno. */
 static int
 test_conflicts(int fd, const char *path, unsigned used, unsigned unshared)
 {
@@ -92,19 +258,15 @@ test_conflicts(int fd, const char *path, unsigned used, unsigned unshared)
     if ((used & (1u << i))
         && ((r = byte_is_locked(fd, LOCK_SHARED_BASE + i, &locked)) < 0
             || locked)) {
-      if (r == 0)
-        fde_error("%s: in use by another program (QEMU?) that does not "
-                  "share the %s permission; stop it first", path,
-                  perm_names[i]);
-      return r < 0 ? r : -EBUSY;
+      return r < 0 ? r : report_conflict(fd, path, LOCK_SHARED_BASE + i,
+                                         "does not share",
+                                         perm_names[i]);
     }
     if ((unshared & (1u << i))
         && ((r = byte_is_locked(fd, LOCK_PERM_BASE + i, &locked)) < 0
             || locked)) {
-      if (r == 0)
-        fde_error("%s: in use by another program (QEMU?) that holds the "
-                  "%s permission; stop it first", path, perm_names[i]);
-      return r < 0 ? r : -EBUSY;
+      return r < 0 ? r : report_conflict(fd, path, LOCK_PERM_BASE + i,
+                                         "holds", perm_names[i]);
     }
   }
   return 0;
@@ -121,8 +283,7 @@ apply_locks(int fd, const char *path, unsigned used, unsigned unshared)
   int r = set_our_bytes(fd, used, unshared);
 
   if (r == -EBUSY)
-    fde_error("%s: in use by another program (QEMU?) that holds an "
-              "exclusive lock on it; stop it first", path);
+    r = report_conflict(fd, path, -1, "holds an exclusive lock on it", NULL);
   if (r == 0)
     r = test_conflicts(fd, path, used, unshared);
   if (r < 0)

@@ -242,21 +242,41 @@ daemon_finish(struct daemon_state *ds, int status)
   ds->pid_file = NULL;
 }
 
+/* read_pid_file's answer for a pid file that is not a regular file (a
+ * FIFO, a device, a socket): outside the range of -errno values. */
+enum { PID_FILE_NOT_REGULAR = -4096 };
+
 /* What a pid file says: the daemon's pid and, after a failed revert, its
- * exit status (-1: none recorded).  0, or -errno / -EINVAL. */
+ * exit status (-1: none recorded).  The file is opened without blocking
+ * (a FIFO would wait for a writer for ever) and must be a regular file.
+ * 0, or -errno of open/read (-EISDIR for a directory),
+ * PID_FILE_NOT_REGULAR, or -EINVAL for contents that are no pid file. */
 static int
 read_pid_file(const char *pid_file, long *pid, int *failed_status)
 {
   char buf[128], *end;
+  struct stat st;
   ssize_t n;
-  int fd = open(pid_file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  int fd = open(pid_file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 
   if (fd == -1)
     return -errno;
+  if (fstat(fd, &st) == -1) {
+    int r = -errno;
+
+    close(fd);
+    return r;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return S_ISDIR(st.st_mode) ? -EISDIR : PID_FILE_NOT_REGULAR;
+  }
   n = read(fd, buf, sizeof buf - 1);
+  if (n < 0)
+    n = -errno;
   close(fd);
   if (n < 0)
-    return -EIO;
+    return (int) n;
   buf[n] = '\0';
   errno = 0;
   *pid = strtol(buf, &end, 10);
@@ -315,14 +335,47 @@ open_daemon(const char *pid_file, long pid)
       fde_error("%s: pidfd_open %ld: %s", pid_file, pid, strerror(errno));
     return -1;
   }
-  if (!is_fuse_disk_export(pid) || pidfd_send_signal(pidfd, 0, NULL, 0)
-      == -1) {
+  if (!is_fuse_disk_export(pid)) {
     fde_error("%s: process %ld is not fuse-disk-export (a stale pid file?); "
               "not signalled", pid_file, pid);
     close(pidfd);
     return -1;
   }
+  if (pidfd_send_signal(pidfd, 0, NULL, 0) == -1) {
+    if (errno == EPERM)         /* another user's daemon, e.g. root's */
+      fde_error("%s: cannot signal daemon %ld: %s", pid_file, pid,
+                strerror(errno));
+    else
+      fde_error("%s: process %ld is not fuse-disk-export (a stale pid "
+                "file?); not signalled", pid_file, pid);
+    close(pidfd);
+    return -1;
+  }
   return pidfd;
+}
+
+/* A failure record names a pid: believe it only if that process has gone
+ * (the daemon that wrote it exited; a zombie not yet reaped counts: its
+ * pidfd polls readable) or is this program.  Otherwise the file is forged
+ * or foreign, and --stop must neither report nor remove it.  true if the
+ * record may be trusted. */
+static bool
+failure_record_trusted(const char *pid_file, long pid)
+{
+  struct pollfd pfd = { .events = POLLIN };
+  bool trusted;
+
+  pfd.fd = pidfd_open((pid_t) pid, 0);
+  if (pfd.fd == -1)
+    trusted = errno == ESRCH;
+  else {
+    trusted = poll(&pfd, 1, 0) == 1 || is_fuse_disk_export(pid);
+    close(pfd.fd);
+  }
+  if (!trusted)
+    fde_error("%s: not a fuse-disk-export pid file (process %ld is alive "
+              "and not fuse-disk-export); left alone", pid_file, pid);
+  return trusted;
 }
 
 /* After the daemon has exited: did it revert cleanly?  Its pid file is
@@ -338,6 +391,8 @@ stop_outcome(const char *pid_file, long pid)
     return EXIT_OK;
   }
   if (r == 0 && failed >= 0) {
+    if (!failure_record_trusted(pid_file, now_pid))
+      return EXIT_FAIL;
     fde_error("daemon %ld did not revert cleanly (exit status %d); its "
               "messages are in the system log", pid, failed);
     unlink(pid_file);           /* reported: the record is consumed */
@@ -364,6 +419,7 @@ daemon_stop(const char *pid_file, unsigned timeout_s)
     fde_error("%s: %s", pid_file, r == -ENOENT
               ? "no such pid file (no daemon running?)"
               : r == -EINVAL ? "not a fuse-disk-export pid file"
+              : r == PID_FILE_NOT_REGULAR ? "not a regular file"
               : strerror(-r));
     return EXIT_FAIL;
   }

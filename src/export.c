@@ -13,8 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
@@ -79,29 +81,6 @@ open_image_file(struct export *exp, const char *abspath, int *fdp)
   return 0;
 }
 
-/* The pid holding a flock(2) on the file (dev, ino), from /proc/locks,
- * or 0 if none is listed. */
-static long
-flock_holder(const struct stat *st)
-{
-  char line[256], type[16];
-  unsigned maj, min;
-  unsigned long ino;
-  long pid, found = 0;
-  FILE *f = fopen("/proc/locks", "re");
-
-  if (f == NULL)
-    return 0;
-  while (found == 0 && fgets(line, sizeof line, f) != NULL)
-    if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%lu", type, &pid, &maj,
-               &min, &ino) == 5
-        && strcmp(type, "FLOCK") == 0 && maj == major(st->st_dev)
-        && min == minor(st->st_dev) && ino == st->st_ino)
-      found = pid;
-  fclose(f);
-  return found;
-}
-
 /* Take an exclusive flock(2) on fd without waiting.  0, or EXIT_BUSY with
  * a message naming the holder.  File systems without flock are fine: the
  * mount-table check still runs. */
@@ -117,7 +96,11 @@ claim_file(int fd, const char *path)
     fde_debug("%s: flock: %s", path, strerror(errno));
     return 0;
   }
-  pid = fstat(fd, &st) == 0 ? flock_holder(&st) : 0;
+  pid = fstat(fd, &st) == 0 ? fde_lock_holder(&st, "FLOCK", -1, false) : 0;
+  if (pid == (long) getpid()) {   /* our own claim: named twice */
+    fde_error("%s: given twice", path);
+    return EXIT_USAGE;
+  }
   if (pid > 0)
     fde_error("%s: already being exported by fuse-disk-export (pid %ld); "
               "stop that export first", path, pid);
@@ -129,14 +112,18 @@ claim_file(int fd, const char *path)
 
 /* Two launches must never both mount on one path.  From before the "is
  * it exported already?" check until the view is live (see
- * export_release_claim) an export holds an exclusive flock(2) on the -m
- * file and on the image's open file description: QEMU takes no flock, so
- * only another fuse-disk-export collides, and the later one exits at once
- * with EXIT_BUSY.  The check is repeated under the claim: a launch that
- * opened the path after another's view appeared holds the view, not the
- * image, and finds that view in the mount table.  QEMU's lock bytes are
- * taken after this (fde_disk_open), so two writers starting at once do
- * not both fail on them.  An exit status. */
+ * export_release_claim) an export holds an exclusive flock(2) on the file
+ * its view will cover: the -m file (through the descriptor resolved
+ * once), or without -m the image's open file description.  QEMU takes no
+ * flock, so only another fuse-disk-export collides, and the later one
+ * exits at once with EXIT_BUSY; our own claim found again means the path
+ * was given twice (EXIT_USAGE).  The claim is per mountpoint, not per
+ * image: read-only exports of one image on two -m files may start at
+ * once; writers are kept apart by QEMU's lock bytes, taken after this
+ * (fde_disk_open).  The mount-table check of both paths is repeated under
+ * the claim: a launch that opened the path after another's view appeared
+ * holds the view, not the image, and finds that view in the mount table.
+ * An exit status. */
 static int
 claim_export(struct export *exp, const char *image_abspath, int fd)
 {
@@ -158,8 +145,9 @@ claim_export(struct export *exp, const char *image_abspath, int fd)
         && (r = claim_file(exp->claim_mnt_fd, exp->mountpoint)) != 0)
       return r;
   }
-  if ((r = claim_file(exp->claim_fd, exp->image)) != 0
-      || (r = check_not_mounted(exp->mountpoint)) != 0)
+  else if ((r = claim_file(exp->claim_fd, exp->image)) != 0)
+    return r;
+  if ((r = check_not_mounted(exp->mountpoint)) != 0)
     return r;
   if (strcmp(exp->mountpoint, image_abspath) != 0)
     r = check_not_mounted(image_abspath);
@@ -275,6 +263,32 @@ fd_path(int fd, char *buf, size_t len)
   snprintf(buf, len, "/proc/self/fd/%d", fd);
 }
 
+/* The name of the kernel's pseudo file system that fd is on, or NULL.  Its
+ * files belong to the kernel (or, under /proc/PID, to one process) and
+ * can vanish under a mount: a view on /proc/self/mounts goes with the
+ * launcher's /proc entry, leaving neither a view nor a daemon. */
+static const char *
+pseudo_fs_of(int fd)
+{
+  static const struct { uint32_t magic; const char *name; } pseudo[] = {
+    { PROC_SUPER_MAGIC, "procfs" }, { SYSFS_MAGIC, "sysfs" },
+    { DEBUGFS_MAGIC, "debugfs" }, { TRACEFS_MAGIC, "tracefs" },
+    { SECURITYFS_MAGIC, "securityfs" }, { SELINUX_MAGIC, "selinuxfs" },
+    { SMACK_MAGIC, "smackfs" }, { CGROUP_SUPER_MAGIC, "cgroup" },
+    { CGROUP2_SUPER_MAGIC, "cgroup2" }, { BPF_FS_MAGIC, "bpf" },
+    { EFIVARFS_MAGIC, "efivarfs" }, { PSTOREFS_MAGIC, "pstore" },
+    { BINFMTFS_MAGIC, "binfmt_misc" }, { NSFS_MAGIC, "nsfs" },
+  };
+  struct statfs sfs;
+
+  if (fstatfs(fd, &sfs) == -1)
+    return NULL;
+  for (size_t i = 0; i < sizeof pseudo / sizeof pseudo[0]; i++)
+    if ((uint32_t) sfs.f_type == pseudo[i].magic)   /* 32-bit magics */
+      return pseudo[i].name;
+  return NULL;
+}
+
 /* The view's path: the image itself, or the -m file (absolute, resolved),
  * resolved once: exp->mnt_pfd keeps the file it named, and from then on
  * that descriptor, not the name, says which file the view goes on.
@@ -300,6 +314,12 @@ resolve_mountpoint(struct export *exp)
   if (!S_ISREG(st->st_mode)) {
     fde_error("%s: %s", target, S_ISDIR(st->st_mode) ? "is a directory"
               : "not a regular file");
+    return EXIT_IMAGE;
+  }
+  const char *pseudo = pseudo_fs_of(exp->mnt_pfd);
+  if (pseudo != NULL) {
+    fde_error("%s: is on %s, a kernel pseudo file system; refusing to "
+              "mount a view on it", target, pseudo);
     return EXIT_IMAGE;
   }
   fd_path(exp->mnt_pfd, proc, sizeof proc);
@@ -367,7 +387,9 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   };
   r = fde_disk_open(fmt, &params, &exp->disk);
   if (r < 0) {
-    r = r == -ENOMEM || r == -EIO ? EXIT_FAIL : EXIT_IMAGE;
+    /* -EADDRINUSE: another fuse-disk-export holds the image */
+    r = r == -ENOMEM || r == -EIO ? EXIT_FAIL
+        : r == -EADDRINUSE ? EXIT_BUSY : EXIT_IMAGE;
     goto out;
   }
   fd = -1;                      /* the backend owns it now */

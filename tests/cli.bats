@@ -164,3 +164,23 @@ LONG_OPTIONS="daemonize pid-file format read-only allow-other mountpoint probe
   [ ${#missing[@]} -eq 0 ] || fail "no licence line in: ${missing[*]}"
   grep -q 'GPL-2.0-or-later' "$top/README"
 }
+
+@test "a mountpoint on procfs or sysfs is refused (exit 3), nothing mounted, no pid file" {
+  requires qemu-img
+  qemu-img create -q -f qcow2 a.qcow2 16M
+  local m
+  for m in /proc/self/mounts /proc/version /sys/kernel/mm/transparent_hugepage/enabled; do
+    [ -f "$m" ] || continue
+    run "$FDE" -d -p "$WORK/p.pid" -m "$m" a.qcow2 3>&-
+    if is_mounted "$(readlink -f "$m")"; then  # a regression: clean up
+      [ -s "$WORK/p.pid" ] && kill -INT "$(cat "$WORK/p.pid")"
+      sleep 1
+      umount -l "$(readlink -f "$m")" 2>/dev/null
+      fail "a view was mounted on $m"
+    fi
+    assert_failure 3
+    assert_output --partial "pseudo file system"
+    [ "${#lines[@]}" = 1 ] || fail "not one line: $output"
+    [ ! -e "$WORK/p.pid" ] || fail "a pid file was written for $m"
+  done
+}

@@ -150,6 +150,12 @@ user_dir() {
   # the file is no mount point there and may be renamed
   unshare -m --propagation private sleep 600 &
   NS_PID=$!
+  # the namespace must exist before the view is mounted (unshare runs in
+  # the background: a mount made first would be copied into it)
+  for _ in $(seq 50); do
+    [ "$(readlink "/proc/$NS_PID/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] && break
+    sleep 0.1
+  done
   start_view dir/a.qcow2
   wait_mounted "$WORK/dir/a.qcow2"
   write_pattern dir/a.qcow2

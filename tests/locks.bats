@@ -237,10 +237,88 @@ first_wins_alone() {
   assert_failure
   assert_output --partial 'Failed to get "write" lock'
   run "$FDE" -dp "$WORK/c.pid" "$IMG" 3>&-
-  assert_failure 3
-  assert_output --partial "in use"
+  assert_failure 4
+  assert_output --partial "in use by fuse-disk-export (pid $EXPORT_PID)"
   stop_export
   wait_unmounted "$WORK/view"
+  run qemu-img check "$IMG"
+  assert_success
+}
+
+@test "two read-only launches of one image on two -m files at once: the claim is per mountpoint, both mount" {
+  touch view1 view2
+  # deterministic: the first is slowed inside the window between its
+  # claim and its mount
+  start_slowed_first -r -m "$WORK/view1"
+  run "$FDE" -r -dp "$WORK/b.pid" -m "$WORK/view2" "$IMG" 3>&-
+  assert_success
+  wait_mounted "$WORK/view1" || fail "the first did not mount: $(cat "$WORK/slowed.out")"
+  is_mounted "$WORK/view2" || fail "view2 is not live"
+  cmp "$WORK/view1" "$WORK/view2" || fail "the views differ"
+  kill -INT "$(cat "$WORK/b.pid")"
+  for _ in $(seq 50); do [ -s "$WORK/a.pid" ] && break; sleep 0.1; done
+  kill -INT "$(cat "$WORK/a.pid")"
+  wait "$TRACER" || fail "the first launch exited $?: $(cat "$WORK/slowed.out")"
+  wait_gone "$WORK/b.pid"
+  wait_unmounted "$WORK/view1"
+  wait_unmounted "$WORK/view2"
+  # and 10 times started together
+  local round a b rc_a rc_b
+  for round in $(seq 10); do
+    "$FDE" -r -dp "$WORK/a$round.pid" -m "$WORK/view1" "$IMG" >"$WORK/a.out" 2>&1 3>&- &
+    a=$!
+    "$FDE" -r -dp "$WORK/b$round.pid" -m "$WORK/view2" "$IMG" >"$WORK/b.out" 2>&1 3>&- &
+    b=$!
+    wait "$a" && rc_a=0 || rc_a=$?
+    wait "$b" && rc_b=0 || rc_b=$?
+    [ "$rc_a$rc_b" = 00 ] ||
+      fail "round $round: exit statuses $rc_a and $rc_b: $(cat "$WORK/a.out" "$WORK/b.out")"
+    is_mounted "$WORK/view1" && is_mounted "$WORK/view2" ||
+      fail "round $round: a view is not live"
+    kill -INT "$(cat "$WORK/a$round.pid")" "$(cat "$WORK/b$round.pid")"
+    wait_gone "$WORK/a$round.pid"
+    wait_gone "$WORK/b$round.pid"
+    wait_unmounted "$WORK/view1"
+    wait_unmounted "$WORK/view2"
+  done
+  nothing_mounted
+  run qemu-img check "$IMG"
+  assert_success
+}
+
+@test "the same image given twice in one launch is a usage error (exit 2), not 'exported by' ourselves" {
+  run "$FDE" -q -dp "$WORK/p.pid" "$IMG" "$IMG" 3>&-
+  assert_failure 2
+  assert_output --partial "given twice"
+  refute_output --partial "already being exported"
+  [ ! -e "$WORK/p.pid" ] || fail "a pid file was written"
+  nothing_mounted
+}
+
+@test "a lock conflict names the holder: another fuse-disk-export (exit 4) or QEMU's qemu-io (exit 3)" {
+  touch view
+  start_export -m "$WORK/view" "$IMG"
+  local opt
+  for opt in -r ""; do
+    run "$FDE" $opt -dp "$WORK/c.pid" "$IMG" 3>&-
+    assert_failure 4
+    assert_output --partial "$IMG: in use by fuse-disk-export (pid $EXPORT_PID), which"
+    [ "${#lines[@]}" = 1 ] || fail "not one line: $output"
+  done
+  stop_export
+  wait_unmounted "$WORK/view"
+  # qemu-io holding the image open for writing, until its stdin closes
+  mkfifo qin
+  qemu-io -f qcow2 "$IMG" <qin >/dev/null 2>&1 &
+  BG_PIDS+=($!)
+  local qemu=$!
+  exec 7>qin
+  wait_image_locked 50 '$2 == "OFDLCK"' || fail "qemu-io took no lock"
+  run "$FDE" -r -dp "$WORK/c.pid" "$IMG" 3>&- 7>&-
+  assert_failure 3
+  assert_output --partial "in use by qemu-io (pid $qemu), which holds the write permission"
+  exec 7>&-
+  wait "$qemu" || true
   run qemu-img check "$IMG"
   assert_success
 }

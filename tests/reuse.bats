@@ -23,7 +23,10 @@ setup() {
   REUSE_TEST=${FDE_BUILDDIR:-$(dirname "$FDE")}/tests/unit/reuse-test
   [ -x "$REUSE_TEST" ] || skip "$REUSE_TEST is not built (make check builds it)"
 }
-teardown() { common_teardown; }
+teardown() {
+  undo_stacked_on_views fuse   # ext4 and loop devices of the fstrim test
+  common_teardown
+}
 
 # check_clean IMG: qemu-img check finds no error (leaks are allowed only
 # where a test says so: pass "leaks-ok").
@@ -306,4 +309,84 @@ EOF
       'read -P 0x5c 8192 57344' 'read -P 0x5c 65536 65536' \
       'read -P 0x5c 4G 65536' ||
     fail "the image does not hold the write next to the shared data"
+}
+
+# --- discards with no fsync after them (fstrim), against QEMU ---------------
+
+# trim_rounds VIEW NAME: a loop device on VIEW with ext4 on it (mounted on
+# $WORK/mnt-NAME); three rounds of "write a 48 MiB file, fsync, remove it,
+# sync, fstrim", then an 8 MiB file that stays; unmounted and detached.
+# fstrim's discards are followed by the next round's writes, not by an
+# fsync, so the freed clusters are still deferred when those writes
+# allocate: reused only after a flush, they would make the file grow by
+# two rounds, not one.  (teardown undoes what a failure leaves.)
+trim_rounds() {
+  local view=$1 mnt=$WORK/mnt-$2 dev r
+  mkdir "$mnt"
+  dev=$(losetup -f --show "$view") || fail "$2: losetup on the view failed"
+  mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$dev" ||
+    fail "$2: mkfs.ext4 failed"
+  mount -t ext4 "$dev" "$mnt" || fail "$2: mounting the ext4 failed"
+  for r in 1 2 3; do
+    dd if=/dev/urandom of="$mnt/f" bs=1M count=48 conv=fsync status=none ||
+      fail "$2: round $r: the write failed"
+    rm "$mnt/f"
+    sync -f "$mnt"
+    fstrim "$mnt" || fail "$2: round $r: fstrim failed"
+  done
+  dd if=/dev/urandom of="$mnt/g" bs=1M count=8 conv=fsync status=none ||
+    fail "$2: the last write failed"
+  umount "$mnt" || fail "$2: unmounting the ext4 failed"
+  losetup -d "$dev" || fail "$2: detaching the loop device failed"
+}
+
+# image_end IMG: qemu-img check's "Image end offset".
+image_end() {
+  qemu-img check "$1" | sed -n 's/^Image end offset: //p'
+}
+
+# The file's apparent size is the measure: it is how far the file grew at
+# any time in the session (the end offset says only where the last
+# cluster in use lies, which depends on which free cluster each
+# allocation happened to take).
+@test "ext4 on the view, rounds of write/rm/fstrim with no fsync after the trim: no larger than 1.25x QEMU's FUSE export (discard=unmap); check clean" {
+  requires_root
+  requires losetup
+  requires mkfs.ext4
+  requires fstrim
+  requires qemu-storage-daemon
+  local fde_size qemu_size qsd_pid
+  qemu-img create -q -f qcow2 fde.qcow2 128M
+  cp fde.qcow2 qemu.qcow2
+
+  start_export fde.qcow2
+  trim_rounds "$WORK/fde.qcow2" fde
+  stop_export
+  wait_unmounted "$WORK/fde.qcow2"
+
+  # QEMU's FUSE export of an identical image, discards passed down to the
+  # qcow2 layer (discard=unmap), started as tests/bench/bench.py starts it:
+  # absolute paths (Debian 12's qsd leaves a dead mount for a relative
+  # one); its pid file in $WORK, so common_teardown stops it on failure.
+  touch qsd-view
+  qemu-storage-daemon \
+    --blockdev "driver=file,node-name=file,filename=$WORK/qemu.qcow2,discard=unmap" \
+    --blockdev driver=qcow2,node-name=fmt,file=file,discard=unmap \
+    --export "type=fuse,id=exp,node-name=fmt,mountpoint=$WORK/qsd-view,writable=on" \
+    --daemonize --pidfile "$WORK/qsd.pid" 3>&- ||
+    fail "qemu-storage-daemon did not start"
+  qsd_pid=$(cat "$WORK/qsd.pid")
+  wait_mounted "$WORK/qsd-view" || fail "qemu-storage-daemon's export is not mounted"
+  trim_rounds "$WORK/qsd-view" qemu
+  kill -TERM "$qsd_pid"
+  wait_pid_gone "$qsd_pid" || fail "qemu-storage-daemon did not exit"
+  wait_unmounted "$WORK/qsd-view" || fail "qemu-storage-daemon left its export mounted"
+
+  check_clean fde.qcow2
+  check_clean qemu.qcow2
+  fde_size=$(stat -c %s fde.qcow2)
+  qemu_size=$(stat -c %s qemu.qcow2)
+  echo "# file size ours $fde_size, QEMU $qemu_size; image end offset ours $(image_end fde.qcow2), QEMU $(image_end qemu.qcow2)" >&3
+  [ $((fde_size * 4)) -le $((qemu_size * 5)) ] ||
+    fail "our image file is $fde_size bytes, QEMU's $qemu_size: more than 1.25x (trimmed clusters not reused by the writes that follow)"
 }

@@ -155,3 +155,47 @@ check_at_revert() {
   run "$FDE" --stop="$WORK/bad.pid" --stop-timeout=-1
   assert_failure 2
 }
+
+@test "--stop on a FIFO, a directory or a device refuses at once, naming the problem" {
+  mkfifo ff
+  run timeout 10 "$FDE" --stop="$WORK/ff" --stop-timeout=1
+  assert_failure 1
+  assert_output --partial "not a regular file"
+  run timeout 10 "$FDE" --stop=/dev/null
+  assert_failure 1
+  assert_output --partial "not a regular file"
+  mkdir d
+  run timeout 10 "$FDE" --stop="$WORK/d"
+  assert_failure 1
+  assert_output --partial "Is a directory"
+  refute_output --partial "Input/output error"
+}
+
+@test "--stop by a user who may not signal the daemon says so, and leaves it running" {
+  requires_root
+  requires setpriv
+  qemu-img create -q -f qcow2 img.qcow2 16M
+  start_export img.qcow2 || fail "the export failed"
+  chmod 755 "$WORK"
+  run setpriv --reuid=65534 --regid=65534 --clear-groups \
+    "$FDE" --stop="$EXPORT_PIDFILE" --stop-timeout=5
+  assert_failure 1
+  assert_output --partial "cannot signal daemon $EXPORT_PID: Operation not permitted"
+  refute_output --partial "stale pid file"
+  alive "$EXPORT_PID" || fail "the daemon is gone"
+  [ -e "$EXPORT_PIDFILE" ] || fail "the pid file is gone"
+  run "$FDE" --stop="$EXPORT_PIDFILE"
+  assert_success
+}
+
+@test "--stop does not trust a failure record naming a live process that is not fuse-disk-export" {
+  sleep 1000 &
+  HOLDER=$!
+  printf '%s\nrevert-failed 0\n' "$HOLDER" >forged.pid
+  run "$FDE" --stop="$WORK/forged.pid"
+  assert_failure 1
+  assert_output --partial "not a fuse-disk-export pid file"
+  refute_output --partial "did not revert cleanly"
+  [ -e forged.pid ] || fail "--stop deleted a pid file it did not trust"
+  alive "$HOLDER" || fail "the other program was signalled"
+}

@@ -30,7 +30,8 @@
  * stuck reader) delays reuse but never deadlocks.  Frees are applied only
  * after the tables that dropped the references are durable (the flush in
  * qcow2-write.c, grow_reftable here), so a reused cluster is never still
- * named by a table on disk.
+ * named by a table on disk; a write that would extend the file while many
+ * frees wait runs that flush first (flush_to_reuse there).
  *
  * Caches keyed by host offset: the L2 cache forgets a freed cluster before
  * it becomes allocatable (qcow2_l2_forget).  The decompressed-cluster
@@ -621,6 +622,24 @@ qcow2_recycle_freed(struct qcow2_disk *q)
   q->waiting_gen = atomic_load(&q->io_gen);
   atomic_store(&q->io_gen, q->waiting_gen ^ 1);
   release_waiting(q);
+}
+
+/* Can an allocation take a freed or free cluster now, instead of extending
+ * the file?  Moves freed clusters on first (qcow2_recycle_freed, which
+ * never blocks).  An approximation: a free-map cluster that turns out to
+ * need a new refblock, or to be taken, is skipped by the allocator. */
+bool
+qcow2_have_free_cluster(struct qcow2_disk *q)
+{
+  if (q->waiting.nr != 0 || q->freed.nr != 0)
+    qcow2_recycle_freed(q);
+  while (q->free_cursor < q->free_map_clusters) {
+    uint64_t c = q->free_cursor;
+    if ((q->free_map[c / 64] >> (c % 64)) != 0)
+      return true;
+    q->free_cursor = (c / 64 + 1) * 64;       /* as reuse_free_cluster */
+  }
+  return false;
 }
 
 /* Drop one reference from every cluster of [offset, offset+len) (a data

@@ -230,6 +230,29 @@ maybe_flush(struct qcow2_disk *q)
   return 0;
 }
 
+/* Before an allocating write, with nothing pinned or half-updated: when
+ * the allocation would extend the file and enough deferred frees wait
+ * (QCOW2_REUSE_FLUSH_BYTES), flush, so that they are applied and their
+ * clusters recycled first.  Without this, a discard with no fsync after
+ * it (fstrim, say) leaves its clusters waiting while the writes that
+ * follow append.  Reuse still waits for the tables to be durable and for
+ * the grace period (qcow2-refcount.c): a grace period that has not ended
+ * only delays it.  A failed flush is not the write's failure: everything
+ * it did not finish stays pending for the next one, and the write
+ * appends. */
+static void
+flush_to_reuse(struct qcow2_disk *q)
+{
+  int r;
+
+  if (((uint64_t) q->nr_frees << q->cluster_bits) < QCOW2_REUSE_FLUSH_BYTES
+      || qcow2_have_free_cluster(q))
+    return;
+  if ((r = qcow2_flush_locked(q)) < 0)
+    fde_debug("%s: flushing to reuse freed clusters: %s", q->disk.path,
+              strerror(-r));
+}
+
 /* Point L1 entry l1_index at a new table of our own: zeroed, or a copy of
  * a table shared with a snapshot (whose reference is dropped later). */
 static int
@@ -500,6 +523,7 @@ qcow2_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
     qcow2_io_leave(q, guard);
     if (!direct) {
       pthread_mutex_lock(&q->alloc_lock);
+      flush_to_reuse(q);
       r = write_alloc(q, p, n, off);
       pthread_mutex_unlock(&q->alloc_lock);
     }
@@ -560,8 +584,10 @@ zero_in_cluster(struct qcow2_disk *q, uint64_t off, uint64_t n)
   struct entry e;
   int r;
 
-  if ((!whole && !granules) || !zero_entry(q, &raw, &bitmap))
+  if ((!whole && !granules) || !zero_entry(q, &raw, &bitmap)) {
+    flush_to_reuse(q);
     return write_alloc(q, NULL, n, off);        /* zeros written out */
+  }
   if (q->l1[off / qcow2_l1_span(q)] == 0 && raw == 0 && bitmap == 0)
     return 0;                                   /* already nothing there */
   if ((r = l2_for_update(q, off, &ref)) < 0)

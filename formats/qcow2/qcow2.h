@@ -166,6 +166,16 @@ _Static_assert(sizeof(struct qcow2_snapshot_extra) == 24,
  * long run of overwrites of compressed clusters (two or more frees per
  * cluster) flushes once per gigabytes, not once per few hundred MiB. */
 #define QCOW2_MAX_DEFERRED_FREES 65536
+
+/* Deferred frees covering at least this many bytes (entries times the
+ * cluster size) make an allocation that would otherwise extend the file
+ * flush first, so that they are applied and reused (qcow2-write.c,
+ * flush_to_reuse).  That flush costs three fdatasyncs and runs at most
+ * once per 8 MiB of references dropped, and only when the free map is
+ * empty: far less than writing the 8 MiB it saves from being appended,
+ * yet small enough that a discard (fstrim) followed by writes, with no
+ * fsync in between, reuses the space as QEMU's immediate frees do. */
+#define QCOW2_REUSE_FLUSH_BYTES (8ull << 20)
 struct qcow2_free {
   uint64_t offset;
   uint64_t len;
@@ -414,6 +424,7 @@ int qcow2_refcounts_scan(struct qcow2_disk *q, uint64_t nr,
 int qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host);
 int qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len);
 void qcow2_recycle_freed(struct qcow2_disk *q);
+bool qcow2_have_free_cluster(struct qcow2_disk *q);
 void qcow2_runs_free(struct qcow2_runs *runs);
 
 /* qcow2-refcount.c, any thread, no lock: the grace-period guard around a

@@ -152,6 +152,15 @@ static const struct workload workloads[] = {
     .ops = { D(0, 64 * KiB), Z(100 * KiB, 10 * KiB), D(512 * KiB, 256 * KiB),
              Z(1 * MiB + 4096, 128 * KiB), F, W(0, 4096), D(4 * MiB, 1 * MiB),
              Z(5 * MiB, 64 * KiB), F } },
+  { .name = "discard-then-append",
+    .setup = "qemu-img create -q -f qcow2 base.qcow2 32M"
+    " && qemu-io -c 'write -P 0x5a 0 9M' base.qcow2 >/dev/null",
+    .extra_off = 24 * MiB,
+    /* 9 MiB of deferred frees, then writes the free map cannot serve:
+     * the write flushes first so that they are reused (qcow2-write.c,
+     * flush_to_reuse, QCOW2_REUSE_FLUSH_BYTES) */
+    .ops = { D(0, 9 * MiB), W(16 * MiB, 64 * KiB), W(20 * MiB + 100, 5000),
+             F } },
   { .name = "refblock-growth",
     .setup = "qemu-img create -q -f qcow2 -o cluster_size=512 base.qcow2 4M"
     " && qemu-io -c 'write -P 0x66 0 122k' base.qcow2 >/dev/null",
