@@ -6,7 +6,6 @@
 
 #include <blkid.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>

@@ -337,24 +337,29 @@ check_same_file(struct export *exp)
 static int
 add_layers(struct export *exp, bool probed_raw)
 {
+  unsigned n = exp->opts->partition;
   struct fde_disk *top;
   uint64_t start, size;
   int r = 0;
 
-  if (probed_raw
-      && (r = fde_guard_open(exp->disk, exp->image, probe_sector0_is_image,
-                             &top)) == 0)
-    exp->disk = top;
-  if (r == 0 && exp->opts->partition > 0
-      && (r = fde_partition_find(exp->disk, exp->image, exp->opts->partition,
-                                 &start, &size)) == 0
-      && (r = fde_partition_open(exp->disk, exp->opts->partition, start,
-                                 size, &top)) == 0)
-    exp->disk = top;
+  if (probed_raw) {
+    r = fde_guard_open(exp->disk, exp->image, probe_sector0_is_image, &top);
+    if (r < 0)
+      fde_error("%s: %s", exp->image, strerror(-r));
+    else
+      exp->disk = top;
+  }
+  if (r == 0 && n > 0
+      && (r = fde_partition_find(exp->disk, exp->image, n, &start,
+                                 &size)) == 0) {     /* find logs its errors */
+    r = fde_partition_open(exp->disk, n, start, size, &top);
+    if (r < 0)
+      fde_error("%s: partition %u: %s", exp->image, n, strerror(-r));
+    else
+      exp->disk = top;
+  }
   if (r == 0)
     return 0;
-  if (r == -ENOMEM)
-    fde_error("%s: out of memory", exp->image);
   fde_disk_close(exp->disk);
   exp->disk = NULL;
   return r == -ENOMEM || r == -EIO ? EXIT_FAIL : EXIT_IMAGE;

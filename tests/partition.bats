@@ -229,6 +229,15 @@ le32() { printf '%02x%02x%02x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 
   poke far.img $((446 + 16 + 4)) 83
   poke far.img $((446 + 16 + 8)) "$(le32 1000000)$(le32 2048)"
   refused far.img 2 "it starts past the end of the disk"
+  # overlapping entries are no reason to refuse a valid one
+  truncate -s 16M overlap.img
+  printf 'label: dos\nstart=2048, size=8192, type=83\n' | sfdisk --quiet overlap.img >/dev/null
+  poke overlap.img $((446 + 16 + 4)) 83
+  poke overlap.img $((446 + 16 + 8)) "$(le32 4096)$(le32 8192)"
+  run "$FDE" -n --partition=2 overlap.img
+  assert_success
+  assert_output --partial "partition-start: $((4096 * 512))"
+  assert_output --partial "partition-size: $((8192 * 512))"
   # the extended partition itself, a missing one, no table at all
   make_mbr mbr.img
   refused mbr.img 4 "it is an extended partition"
@@ -303,4 +312,20 @@ PY
     assert_failure 2
     assert_output --partial "invalid --partition"
   done
+}
+
+@test "in the foreground the announcement names the partition; ^C reverts" {
+  make_mbr disk.img
+  start_fg --partition=6 disk.img
+  local i
+  for i in $(seq 50); do
+    grep -q "press ^C to revert" fg.out && break
+    sleep 0.1
+  done
+  run cat fg.out
+  assert_line "disk.img: partition 6 of the raw image shown as a raw disk on $WORK/disk.img; press ^C to revert"
+  kill -INT "$FG_PID"
+  wait "$FG_PID"
+  wait_unmounted "$WORK/disk.img"
+  [ "$(stat -c %s disk.img)" = $((64 << 20)) ]
 }
