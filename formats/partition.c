@@ -7,9 +7,11 @@
 #include <blkid.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "layer.h"
@@ -23,7 +25,16 @@ struct window {
   struct fde_layer layer;       /* must come first */
   uint64_t start;               /* first byte in the lower disk */
   unsigned partno;
+  /* allocated_bytes walks the window's block status: cached, and counted
+   * again after writes at most once per ALLOC_RECOUNT_NS */
+  pthread_mutex_t alloc_lock;
+  uint64_t alloc_bytes;         /* the last count */
+  struct timespec alloc_when;   /* when it was taken (CLOCK_MONOTONIC) */
+  bool alloc_valid;             /* a count was taken */
+  bool alloc_stale;             /* written since (atomic) */
 };
+
+#define ALLOC_RECOUNT_NS 1000000000LL
 
 #define to_window(d) ((struct window *) (d))
 #define LOWER(d) fde_layer_lower(d)
@@ -38,12 +49,14 @@ window_pread(struct fde_disk *d, void *buf, size_t len, uint64_t off)
 static int
 window_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
 {
+  __atomic_store_n(&to_window(d)->alloc_stale, true, __ATOMIC_RELAXED);
   return LOWER(d)->format->pwrite(LOWER(d), buf, len, SHIFT(d, off));
 }
 
 static int
 window_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
 {
+  __atomic_store_n(&to_window(d)->alloc_stale, true, __ATOMIC_RELAXED);
   return LOWER(d)->format->zero(LOWER(d), SHIFT(d, off), len, punch);
 }
 
@@ -65,9 +78,12 @@ window_map(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
 /* st_blocks of a window: the bytes inside it that block_status calls data
  * (allocated in some layer of the chain), summed run by run.  Not the
  * image's host allocation, which belongs to the whole disk; not a share
- * of it either.  Costs one block_status walk of the window. */
+ * of it either.  One walk costs a block_status call per run (25 ms for a
+ * 190 GiB qcow2 partition with 400 extents), and FUSE asks for it after
+ * every write: the count is kept, and taken again after writes at most
+ * once a second. */
 static uint64_t
-window_allocated_bytes(struct fde_disk *d)
+count_allocated(struct fde_disk *d)
 {
   uint64_t pos = 0, total = 0, run;
   unsigned status;
@@ -82,6 +98,43 @@ window_allocated_bytes(struct fde_disk *d)
     pos += run;
   }
   return total;
+}
+
+static int64_t
+ns_since(const struct timespec *then)
+{
+  struct timespec now;
+
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t) (now.tv_sec - then->tv_sec) * 1000000000LL
+    + (now.tv_nsec - then->tv_nsec);
+}
+
+static uint64_t
+window_allocated_bytes(struct fde_disk *d)
+{
+  struct window *w = to_window(d);
+  uint64_t bytes;
+
+  pthread_mutex_lock(&w->alloc_lock);
+  if (!w->alloc_valid
+      || (__atomic_load_n(&w->alloc_stale, __ATOMIC_RELAXED)
+          && ns_since(&w->alloc_when) >= ALLOC_RECOUNT_NS)) {
+    __atomic_store_n(&w->alloc_stale, false, __ATOMIC_RELAXED);
+    w->alloc_bytes = count_allocated(d);
+    clock_gettime(CLOCK_MONOTONIC, &w->alloc_when);
+    w->alloc_valid = true;
+  }
+  bytes = w->alloc_bytes;
+  pthread_mutex_unlock(&w->alloc_lock);
+  return bytes;
+}
+
+static void
+window_close(struct fde_disk *d)
+{
+  pthread_mutex_destroy(&to_window(d)->alloc_lock);
+  fde_layer_close(d);
 }
 
 static void
@@ -104,6 +157,7 @@ static const struct fde_format window_ops = {
   .allocated_bytes = window_allocated_bytes,
   .describe = window_describe,
   .map = window_map,
+  .close = window_close,
 };
 
 const char *
@@ -131,6 +185,7 @@ fde_partition_open(struct fde_disk *lower, unsigned n, uint64_t start,
   fde_layer_init(&w->layer, &window_ops, lower, size);
   w->start = start;
   w->partno = n;
+  pthread_mutex_init(&w->alloc_lock, NULL);
   *out = &w->layer.disk;
   return 0;
 }

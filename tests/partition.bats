@@ -165,6 +165,10 @@ print(d, h, nxt, os.lseek(fd, 0, os.SEEK_HOLE))' disk.img
   assert_output "1048576 1114112 6 0"
   # st_blocks: the 64 KiB allocated inside the window, not the image's
   [ "$(stat -c %b disk.img)" = 128 ] || fail "st_blocks $(stat -c %b disk.img), not 128"
+  # counted again (at most once a second) after a write
+  head -c 65536 /dev/urandom | dd of=disk.img bs=512 seek=8192 conv=notrunc,fsync status=none
+  sleep 1.2
+  [ "$(stat -c %b disk.img)" = 256 ] || fail "st_blocks $(stat -c %b disk.img) after a write, not 256"
 }
 
 @test "mkfs.ext4 and mount -o loop on --partition=2 of a qcow2 image" {
