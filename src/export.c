@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "layer.h"
 
 #define READ_AHEAD_KB 1024      /* one or more read requests (max_read) */
 #define QUIESCE_MS 1000         /* export_quiesce's wait for open files */
@@ -168,9 +169,11 @@ export_release_claim(struct export *exp)
   }
 }
 
-/* Pick the format: -f, else probe (refusing formats we do not serve). */
+/* Pick the format: -f, else probe (refusing formats we do not serve).
+ * *probed_raw: raw was chosen by probing (the sector-0 guard applies). */
 static int
-choose_format(struct export *exp, int fd, const struct fde_format **fmt)
+choose_format(struct export *exp, int fd, const struct fde_format **fmt,
+              bool *probed_raw)
 {
   uint8_t buf[4096];
   const char *unsupported;
@@ -194,7 +197,7 @@ choose_format(struct export *exp, int fd, const struct fde_format **fmt)
     return EXIT_IMAGE;
   }
   *fmt = fde_format_probe(buf, sizeof buf);
-  exp->format_probed_raw = *fmt == &fde_format_raw;
+  *probed_raw = *fmt == &fde_format_raw;
   return 0;
 }
 
@@ -347,12 +350,48 @@ check_same_file(struct export *exp)
   return EXIT_FAIL;
 }
 
+/* Wrap the disk in the layers the export asks for: the sector-0 guard
+ * over the whole disk of a probed raw image (so that it also guards a
+ * partition starting at sector 0), then the window on --partition=N.
+ * On failure the disk is closed.  An exit status. */
+static int
+add_layers(struct export *exp, bool probed_raw)
+{
+  unsigned n = exp->opts->partition;
+  struct fde_disk *top;
+  uint64_t start, size;
+  int r = 0;
+
+  if (probed_raw) {
+    r = fde_guard_open(exp->disk, exp->image, probe_sector0_is_image, &top);
+    if (r < 0)
+      fde_error("%s: %s", exp->image, strerror(-r));
+    else
+      exp->disk = top;
+  }
+  if (r == 0 && n > 0
+      && (r = fde_partition_find(exp->disk, exp->image, n, &start,
+                                 &size)) == 0) {     /* find logs its errors */
+    r = fde_partition_open(exp->disk, n, start, size, &top);
+    if (r < 0)
+      fde_error("%s: partition %u: %s", exp->image, n, strerror(-r));
+    else
+      exp->disk = top;
+  }
+  if (r == 0)
+    return 0;
+  fde_disk_close(exp->disk);
+  exp->disk = NULL;
+  return r == -ENOMEM || r == -EIO ? EXIT_FAIL : EXIT_IMAGE;
+}
+
 /* Open the image and its whole chain; nothing is mounted.  An exit status. */
 int
 export_open(struct export *exp, const struct options *opts, const char *image)
 {
   const struct fde_format *fmt;
   struct fde_chain chain = { 0 };
+  bool probed_raw = false;
   char *abspath;
   int fd = -1, r;
 
@@ -363,7 +402,6 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   pthread_cond_init(&exp->open_cond, NULL);
   exp->opts = opts;
   exp->image = image;
-  pthread_mutex_init(&exp->sector0_lock, NULL);
   pthread_mutex_init(&exp->attr_lock, NULL);
   pthread_mutex_init(&exp->init_lock, NULL);
   pthread_cond_init(&exp->init_cond, NULL);
@@ -374,7 +412,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   if ((r = open_image_file(exp, abspath, &fd)) != 0
       || (r = claim_export(exp, abspath, fd)) != 0
       || (r = check_same_file(exp)) != 0
-      || (r = choose_format(exp, fd, &fmt)) != 0)
+      || (r = choose_format(exp, fd, &fmt, &probed_raw)) != 0)
     goto out;
   struct fde_open_params params = {
     .path = image, .fd = fd, .read_only = opts->read_only,
@@ -393,6 +431,8 @@ export_open(struct export *exp, const struct options *opts, const char *image)
     goto out;
   }
   fd = -1;                      /* the backend owns it now */
+  if ((r = add_layers(exp, probed_raw)) != 0)
+    goto out;
   exp->mode = exp->disk->read_only ? 0400 : 0600;
   r = 0;
 out:
@@ -418,7 +458,7 @@ export_describe(struct export *exp, FILE *out)
   /* Through the descriptor opened at the start (claim_fd shares the
    * image's open file), never the name: once mounted, the name is the view
    * itself, and a name looked up again may be another file. */
-  if (d->format == &fde_format_raw && exp->claim_fd != -1)
+  if (fde_disk_bottom(d)->format == &fde_format_raw && exp->claim_fd != -1)
     probe_describe_raw(exp->claim_fd, out);
   return 0;
 }

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
  * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: the FUSE low-level operations of a single-file
- * filesystem whose root is the raw view of one image.  Every handler
- * replies exactly once; backend errors (negative errno) are converted
- * here and nowhere else. */
+ * filesystem whose root is the raw view of one disk: a backend, or the
+ * top of a stack of layers (formats/layer.h: a partition window, the
+ * sector-0 guard), served alike.  Every handler replies exactly once;
+ * backend errors (negative errno) are converted here and nowhere else. */
 #include <config.h>
 
 #include <errno.h>
@@ -17,7 +18,6 @@
 #include "internal.h"
 
 #define ATTR_TIMEOUT 1.0
-#define SECTOR 512
 #define MAX_REQUEST (1u << 20)  /* max_read and max_write */
 #define MAX_SPLICE_BUFS 16      /* pieces in one spliced read reply */
 #define SPLICE_MIN_PAGE 4096    /* libfuse copies replies under two pages */
@@ -374,52 +374,16 @@ fde_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   reply_read(req, exp, buf, size, (uint64_t) off);
 }
 
-/* QEMU's rule for probed raw disks: the guest may not turn its disk into
- * an image header.  Would writing buf (NULL: zeros) at off make sector 0
- * look like another format?  Called with sector0_lock held. */
+/* Write (buf) or zero (buf NULL) [off, off+len) on the disk. */
 static int
-sector0_guard(struct export *exp, const void *buf, size_t len, uint64_t off)
-{
-  uint8_t sector[SECTOR];
-  size_t n = (size_t) min_u64(SECTOR, exp->disk->size);
-  size_t end = (size_t) min_u64(n, off + len);
-  int r;
-
-  r = exp->disk->format->pread(exp->disk, sector, n, 0);
-  if (r < 0)
-    return r;
-  if (buf != NULL)
-    memcpy(sector + off, buf, end - off);
-  else
-    memset(sector + off, 0, end - off);
-  if (probe_sector0_is_image(sector, n)) {
-    fde_warn("%s: refused a write that would make sector 0 look like a "
-             "disk image header (use -f raw to allow it)", exp->image);
-    return -EPERM;
-  }
-  return 0;
-}
-
-/* Write or zero [off, off+len), applying the sector-0 guard. */
-static int
-guarded_update(struct export *exp, const void *buf, uint64_t len,
-               uint64_t off, bool punch)
+update(struct export *exp, const void *buf, uint64_t len, uint64_t off,
+       bool punch)
 {
   struct fde_disk *d = exp->disk;
-  bool guard = exp->format_probed_raw && off < SECTOR;
-  int r = 0;
 
-  if (guard) {
-    pthread_mutex_lock(&exp->sector0_lock);
-    r = sector0_guard(exp, buf, (size_t) min_u64(len, SECTOR), off);
-  }
-  if (r == 0 && buf != NULL)
-    r = d->format->pwrite(d, buf, (size_t) len, off);
-  else if (r == 0)
-    r = d->format->zero(d, off, len, punch);
-  if (guard)
-    pthread_mutex_unlock(&exp->sector0_lock);
-  return r;
+  if (buf != NULL)
+    return d->format->pwrite(d, buf, (size_t) len, off);
+  return d->format->zero(d, off, len, punch);
 }
 
 /** Write; a write starting at or past the end gets ENOSPC, as on a disk. */
@@ -444,7 +408,7 @@ fde_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     return;
   }
   size = (size_t) min_u64(size, disk_size - (uint64_t) off);
-  r = guarded_update(exp, buf, size, (uint64_t) off, false);
+  r = update(exp, buf, size, (uint64_t) off, false);
   if (r < 0)
     fuse_reply_err(req, -r);
   else
@@ -507,9 +471,8 @@ fde_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
     fuse_reply_err(req, 0);
     return;
   }
-  r = guarded_update(exp, NULL, min_u64((uint64_t) length,
-                                        size - (uint64_t) off),
-                     (uint64_t) off, punch);
+  r = update(exp, NULL, min_u64((uint64_t) length, size - (uint64_t) off),
+             (uint64_t) off, punch);
   fuse_reply_err(req, -r);
 }
 

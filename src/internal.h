@@ -40,6 +40,7 @@ struct options {
   bool allow_bdev_backing;
   bool no_splice;               /* --no-splice: reads copy through us */
   int verbose;                  /* -1 quiet, 0 normal, >0 verbose */
+  unsigned partition;           /* --partition=N: 1.., 0 = whole disk */
   const char *stop_pid_file;    /* --stop: stop that daemon and exit */
   unsigned stop_timeout;        /* --stop-timeout, seconds; 0: no limit */
   char **images;
@@ -68,9 +69,8 @@ struct export {
   struct stat mnt_st;           /* its identity (dev, ino) */
   dev_t view_dev;               /* the view's FUSE device once mounted:
                                  * how the mount table names our mount */
-  struct fde_disk *disk;
-  bool format_probed_raw;       /* sector-0 guard applies */
-  pthread_mutex_t sector0_lock; /* serialises guarded writes to sector 0 */
+  struct fde_disk *disk;        /* what the view shows: the image's disk,
+                                 * or layers over it (formats/layer.h) */
   struct stat image_st;         /* owner and times shown by getattr */
   mode_t mode;                  /* permission bits shown by getattr */
   pthread_mutex_t attr_lock;    /* image_st and mode (setattr) */

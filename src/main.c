@@ -155,10 +155,14 @@ announce(struct export *exps, int n)
 
   if (f == NULL)
     return;
-  for (int i = 0; i < n; i++)
-    fprintf(f, "%s%s: %s image shown as a raw disk on %s%s", i ? "; " : "",
-            exps[i].image, exps[i].disk->format->name, exps[i].mountpoint,
+  for (int i = 0; i < n; i++) {
+    fprintf(f, "%s%s: ", i ? "; " : "", exps[i].image);
+    if (exps[i].opts->partition > 0)
+      fprintf(f, "partition %u of the ", exps[i].opts->partition);
+    fprintf(f, "%s image shown as a raw disk on %s%s",
+            exps[i].disk->format->name, exps[i].mountpoint,
             exps[i].disk->read_only ? " (read-only)" : "");
+  }
   fputs("; press ^C to revert", f);
   fclose(f);
   log_message("%s", line);

@@ -24,10 +24,12 @@ enum {
   DECOMPRESSED_CACHE_OPTION,
   STOP_OPTION,
   STOP_TIMEOUT_OPTION,
+  PARTITION_OPTION,
 };
 
 #define DEFAULT_STOP_TIMEOUT 60   /* seconds --stop waits for the daemon */
 #define MAX_STOP_TIMEOUT 2000000  /* poll(2) takes milliseconds in an int */
+#define MAX_PARTITION 1000000     /* far past any table we accept */
 
 static const char short_options[] = "dp:f:rm:nqvhV";
 static const struct option long_options[] = {
@@ -39,6 +41,7 @@ static const struct option long_options[] = {
   { "mountpoint",    required_argument, NULL, 'm' },
   { "probe",         no_argument,       NULL, 'n' },
   { "snapshot",      required_argument, NULL, SNAPSHOT_OPTION },
+  { "partition",     required_argument, NULL, PARTITION_OPTION },
   { "cache-size",    required_argument, NULL, CACHE_SIZE_OPTION },
   { "decompressed-cache", required_argument, NULL, DECOMPRESSED_CACHE_OPTION },
   { "allow-block-device-backing", no_argument, NULL, ALLOW_BDEV_OPTION },
@@ -71,6 +74,9 @@ usage(void)
 "                           instead of on the image; one image only\n"
 "  -n, --probe              print what would be exported, then exit\n"
 "      --snapshot=NAME|ID   export a qcow2 internal snapshot (read-only)\n"
+"      --partition=N        show partition N of the disk instead of the whole\n"
+"                           disk (Linux numbering: MBR 1-4, logical from 5;\n"
+"                           GPT entries 1-128)\n"
 "      --cache-size=BYTES   qcow2 metadata cache budget per qcow2 layer\n"
 "                           (K, M, G)\n"
 "      --decompressed-cache=BYTES\n"
@@ -182,6 +188,17 @@ apply_option(int c, struct options *o)
   case ALLOW_BDEV_OPTION: o->allow_bdev_backing = true; break;
   case NO_SPLICE_OPTION: o->no_splice = true; break;
   case STOP_OPTION: o->stop_pid_file = optarg; break;
+  case PARTITION_OPTION: {
+    char *end;
+    unsigned long v;
+    errno = 0;
+    v = strtoul(optarg, &end, 10);
+    if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-'
+        || optarg[0] == '+' || v == 0 || v > MAX_PARTITION)
+      return usage_error("invalid --partition (a number from 1)", optarg);
+    o->partition = (unsigned) v;
+    break;
+  }
   case STOP_TIMEOUT_OPTION: {
     char *end;
     unsigned long v;

@@ -39,12 +39,12 @@ requires_libfuzzer() {
     [ "$(ls "$seeds" | wc -l)" -ge 20 ] || fail "too few seeds in $seeds"
   fi
   local h
-  for h in read write; do
-    run --separate-stderr "$FDE_BUILDDIR/tests/fuzz/fuzz-qcow2-$h" -runs=0 \
+  for h in qcow2-read qcow2-write partition; do
+    run --separate-stderr "$FDE_BUILDDIR/tests/fuzz/fuzz-$h" -runs=0 \
       -close_fd_mask=2 -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$WORK/" \
       "$FDE_SRCDIR/tests/fuzz/regressions" ${seeds:+"$seeds"}
-    [ "$status" = 0 ] || fail "fuzz-qcow2-$h crashed (status $status): $stderr"
+    [ "$status" = 0 ] || fail "fuzz-$h crashed (status $status): $stderr"
   done
 }
 
@@ -68,14 +68,14 @@ requires_libfuzzer() {
   run make -C "$FDE_BUILDDIR" fuzz-build fuzz-corpus
   assert_success
   local h
-  for h in read write; do
+  for h in qcow2-read qcow2-write partition; do
     mkdir -p "$WORK/$h"
     cp "$FDE_BUILDDIR"/tests/fuzz/work/seeds/* "$WORK/$h/"
-    run --separate-stderr "$FDE_BUILDDIR/tests/fuzz/fuzz-qcow2-$h" \
+    run --separate-stderr "$FDE_BUILDDIR/tests/fuzz/fuzz-$h" \
       -max_total_time="${FDE_FUZZ_SMOKE_SECONDS:-15}" -seed=1 \
       -dict="$FDE_SRCDIR/tests/fuzz/qcow2.dict" -max_len=1048576 \
       -close_fd_mask=2 -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$WORK/" "$WORK/$h"
-    [ "$status" = 0 ] || fail "fuzz-qcow2-$h found a problem (status $status): $(echo "$stderr" | tail -30)"
+    [ "$status" = 0 ] || fail "fuzz-$h found a problem (status $status): $(echo "$stderr" | tail -30)"
   done
 }

@@ -133,7 +133,21 @@ try mk bitmap 256K cluster_size=4096
 [ -f bitmap.qcow2 ] && try qemu-img bitmap -f qcow2 --add bitmap.qcow2 b0 &&
   io bitmap 'write -P 0x95 0 4k'
 
-for f in *.qcow2; do
-  cp "$f" "$out/seed-$f"
+# Partition tables for fuzz-partition (made by sfdisk when it is there):
+# an MBR with three primaries and three logical partitions, and a GPT with
+# entries 1, 2 and 128, on 1 MiB disks.
+if command -v sfdisk >/dev/null 2>&1; then
+  truncate -s 1M mbr.part gpt.part
+  printf '%s\n' 'label: dos' 'start=8, size=64' 'start=72, size=64' \
+    'start=136, size=64' 'start=200, type=5' 'start=208, size=64' \
+    'start=280, size=64' 'start=352, size=64' |
+    try sfdisk --quiet mbr.part
+  printf '%s\n' 'label: gpt' 'first-lba: 34' 'gpt.part1 : start=40, size=64' \
+    'gpt.part2 : start=104, size=64' 'gpt.part128 : start=168, size=64' |
+    try sfdisk --quiet gpt.part
+fi
+
+for f in *.qcow2 *.part; do
+  [ -f "$f" ] && cp "$f" "$out/seed-$f"
 done
 echo "$0: $(ls "$out" | wc -l) seeds in $out"

@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
+/* fuse-disk-export: the sector-0 guard layer (see layer.h). */
+#include <config.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layer.h"
+
+#define SECTOR 512
+
+struct guard {
+  struct fde_layer layer;       /* must come first */
+  const char *image;            /* for the warning (the caller's string) */
+  bool (*is_image)(const uint8_t *sector, size_t len);
+  pthread_mutex_t lock;         /* serialises writes touching sector 0 */
+};
+
+#define to_guard(d) ((struct guard *) (d))
+
+static uint64_t
+min_u64(uint64_t a, uint64_t b)
+{
+  return a < b ? a : b;
+}
+
+/* Would writing buf (NULL: zeros) over [off, off + len) make sector 0
+ * look like an image header?  off < SECTOR; called with the lock held,
+ * so that no other write changes sector 0 between check and write. */
+static int
+check_sector0(struct guard *g, const void *buf, uint64_t len, uint64_t off)
+{
+  struct fde_disk *lower = g->layer.lower;
+  uint8_t sector[SECTOR];
+  size_t n = (size_t) min_u64(SECTOR, lower->size);
+  size_t end = (size_t) min_u64(n, off + min_u64(len, SECTOR));
+  int r = lower->format->pread(lower, sector, n, 0);
+
+  if (r < 0)
+    return r;
+  if (buf != NULL)
+    memcpy(sector + off, buf, end - off);
+  else
+    memset(sector + off, 0, end - off);
+  if (g->is_image(sector, n)) {
+    fde_warn("%s: refused a write that would make sector 0 look like a "
+             "disk image header (use -f raw to allow it)", g->image);
+    return -EPERM;
+  }
+  return 0;
+}
+
+/* Write (buf) or zero (buf NULL) under the guard. */
+static int
+guarded(struct fde_disk *d, const void *buf, uint64_t len, uint64_t off,
+        bool punch)
+{
+  struct guard *g = to_guard(d);
+  struct fde_disk *lower = g->layer.lower;
+  bool touches = off < SECTOR;
+  int r = 0;
+
+  if (touches) {
+    pthread_mutex_lock(&g->lock);
+    r = check_sector0(g, buf, len, off);
+  }
+  if (r == 0 && buf != NULL)
+    r = lower->format->pwrite(lower, buf, (size_t) len, off);
+  else if (r == 0)
+    r = lower->format->zero(lower, off, len, punch);
+  if (touches)
+    pthread_mutex_unlock(&g->lock);
+  return r;
+}
+
+static int
+guard_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
+{
+  return guarded(d, buf, len, off, false);
+}
+
+static int
+guard_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+{
+  return guarded(d, NULL, len, off, punch);
+}
+
+static void
+guard_close(struct fde_disk *d)
+{
+  pthread_mutex_destroy(&to_guard(d)->lock);
+  fde_layer_close(d);
+}
+
+static const struct fde_format guard_ops = {
+  .pwrite = guard_pwrite,
+  .zero = guard_zero,
+  .close = guard_close,
+};
+
+int
+fde_guard_open(struct fde_disk *lower, const char *image,
+               bool (*is_image)(const uint8_t *sector, size_t len),
+               struct fde_disk **out)
+{
+  struct guard *g = calloc(1, sizeof *g);
+
+  if (g == NULL)
+    return -ENOMEM;
+  fde_layer_init(&g->layer, &guard_ops, lower, lower->size);
+  g->image = image;
+  g->is_image = is_image;
+  pthread_mutex_init(&g->lock, NULL);
+  *out = &g->layer.disk;
+  return 0;
+}

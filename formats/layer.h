@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
+/* fuse-disk-export: layers, disks that wrap another disk.
+ *
+ * A layer changes how a lower disk is seen (a window on one partition,
+ * a guard on sector 0) the way an nbdkit filter changes a plugin: it is
+ * itself a struct fde_disk with a struct fde_format vtable, so the front
+ * end serves a layer exactly as it serves a backend and knows nothing of
+ * what the layer does.  Layers stack: the top one is what is exported.
+ *
+ * A layer implements only what it changes; every other member passes
+ * straight to the lower disk (fde_layer_init fills them in).  Where the
+ * lower disk lacks an optional member (pwrite on a read-only format, map,
+ * io_begin/io_end), the layer lacks it too, so a capability never appears
+ * through a layer that the disk below does not have.
+ *
+ * Offsets are bytes of the layer's own disk (0 .. disk.size); a layer
+ * that shifts them (the partition window) adds its offset before calling
+ * down and never calls down outside the lower disk.  The lower disk is
+ * owned by the layer: closing the layer closes it.  Thread safety is as
+ * for any disk (see format.h): a layer with state of its own locks it.
+ */
+#ifndef FDE_LAYER_H
+#define FDE_LAYER_H
+
+#include "format.h"
+
+struct fde_layer {
+  struct fde_disk disk;         /* must come first: the layer is a disk */
+  struct fde_format ops;        /* disk.format points here */
+  struct fde_disk *lower;       /* owned */
+};
+
+/* Set up l (allocated by the caller, zeroed) over lower: disk.size =
+ * size, read_only and path as lower's, ops = *own with every NULL member
+ * taken from the pass-through set, and the optional members dropped
+ * where lower has none.  own->name may be NULL: the lower disk's format
+ * name is used (the view still shows "qcow2" through a window). */
+void fde_layer_init(struct fde_layer *l, const struct fde_format *own,
+                    struct fde_disk *lower, uint64_t size);
+
+/* The lower disk of a layer made by fde_layer_init. */
+static inline struct fde_disk *
+fde_layer_lower(struct fde_disk *d)
+{
+  return ((struct fde_layer *) d)->lower;
+}
+
+/* Is d a layer (its vtable is its own ops member)? */
+static inline bool
+fde_disk_is_layer(struct fde_disk *d)
+{
+  return d->format == &((struct fde_layer *) d)->ops;
+}
+
+/* The backend at the bottom of a stack of layers (d itself if d is no
+ * layer). */
+static inline struct fde_disk *
+fde_disk_bottom(struct fde_disk *d)
+{
+  while (fde_disk_is_layer(d))
+    d = fde_layer_lower(d);
+  return d;
+}
+
+/* Close the lower disk and free l (the pass-through close). */
+void fde_layer_close(struct fde_disk *d);
+
+/* ---- formats/partition.c: the window on one partition -------------------
+ *
+ * A window [start, start + size) of the lower disk, in bytes.  Every
+ * offset is shifted by start and every range is clipped to the window
+ * by the front end (which never asks past disk.size); block_status and
+ * map runs are clipped by the lower disk to the length asked for. */
+
+/* Is the window start, size (bytes) inside a disk of disk_size bytes,
+ * non-empty and overflow-free?  0, or a static message saying why not. */
+const char *fde_window_check(uint64_t disk_size, uint64_t start,
+                             uint64_t size);
+
+/* Partition number n (Linux numbering) of lower, found with libblkid on
+ * the virtual disk's bytes (see partition.c for how libblkid reads them).
+ * Stores its first byte and length.  0, or -errno with one line logged
+ * naming image, the partition and the problem: -ENOENT (no table, or no
+ * such partition), -EINVAL (an entry outside the disk, an extended
+ * container, a repeat from a looping chain, too many entries), -EFBIG (a
+ * disk past INT64_MAX bytes), -ENOMEM, or the disk's read error. */
+int fde_partition_find(struct fde_disk *lower, const char *image,
+                       unsigned n, uint64_t *start, uint64_t *size);
+
+/* The same lookup on libblkid's answer alone, for the fuzzer and the unit
+ * test: the partitions of a disk of disk_size bytes given as parallel
+ * arrays of partno, start and size in 512-byte sectors, with extended
+ * marking DOS extended containers.  Same returns; why (static) says the
+ * problem when nonzero. */
+struct fde_part_entry {
+  int partno;
+  int64_t start;                /* 512-byte sectors, as libblkid gives */
+  int64_t size;
+  bool extended;
+};
+int fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
+                       uint64_t disk_size, unsigned n, uint64_t *start,
+                       uint64_t *size, const char **why);
+
+/* Wrap lower in a window on [start, start + size) (checked with
+ * fde_window_check), numbered n for describe.  On success *out owns
+ * lower; on failure lower is left to the caller.  0 or -errno. */
+int fde_partition_open(struct fde_disk *lower, unsigned n, uint64_t start,
+                       uint64_t size, struct fde_disk **out);
+
+/* ---- formats/guard.c: the sector-0 guard --------------------------------
+ *
+ * QEMU's rule for a raw image whose format was probed (block/raw-format.c,
+ * raw_check_write): the guest may not write a first sector that would make
+ * the image probe as another format the next time it is opened.  The
+ * guard reads sector 0, applies the write or zeroing to a copy, and
+ * refuses the write with -EPERM (and one warning naming image) when
+ * is_image says the result looks like an image header.  Writes that do
+ * not touch sector 0 pass straight through. */
+int fde_guard_open(struct fde_disk *lower, const char *image,
+                   bool (*is_image)(const uint8_t *sector, size_t len),
+                   struct fde_disk **out);
+
+#endif /* FDE_LAYER_H */

@@ -1,0 +1,335 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Copyright (C) 2026 The fuse-disk-export authors
+# --partition=N (issue 11): the view is one partition of the disk.  Tables
+# are made by sfdisk, images by qemu-img; what the view shows is compared
+# with dd of the partition's range from `qemu-img convert -O raw`, and
+# what was written through it is checked the same way after the revert.
+
+load helpers
+
+setup() {
+  common_setup
+  requires qemu-img
+  requires sfdisk
+}
+
+teardown() {
+  undo_stacked_on_views
+  common_teardown
+}
+
+# The MBR layout: three primaries, an extended partition (4) holding three
+# logical ones (5, 6, 7).  Start and size in 512-byte sectors.
+MBR_PARTS="1:2048:8192 2:10240:8192 3:18432:8192 5:28672:4096 6:34816:4096 7:40960:4096"
+# The GPT layout: entries 1, 2 and 128 (the gaps stay empty).
+GPT_PARTS="1:2048:4096 2:6144:4096 128:10240:4096"
+
+# make_mbr FILE: a 64 MiB raw disk full of random bytes with the MBR table.
+make_mbr() {
+  head -c 64M /dev/urandom >"$1"
+  printf '%s\n' 'label: dos' \
+    'start=2048, size=8192, type=83' 'start=10240, size=8192, type=83' \
+    'start=18432, size=8192, type=83' 'start=26624, type=5' \
+    'start=28672, size=4096, type=83' 'start=34816, size=4096, type=83' \
+    'start=40960, size=4096, type=83' | sfdisk --quiet "$1" >/dev/null 2>&1
+}
+
+# make_gpt FILE: a 64 MiB raw disk of random bytes with GPT entries 1, 2,
+# 128 (sfdisk numbers a partition by the name its line gives).
+make_gpt() {
+  head -c 64M /dev/urandom >"$1"
+  printf '%s\n' 'label: gpt' "$1""1 : start=2048, size=4096" \
+    "$1""2 : start=6144, size=4096" "$1""128 : start=10240, size=4096" |
+    sfdisk --quiet "$1" >/dev/null
+}
+
+# range FILE START SIZE: the bytes of sectors [START, START+SIZE) of FILE.
+range() {
+  dd if="$1" bs=512 skip="$2" count="$3" status=none
+}
+
+# check_every_partition IMAGE RAW PARTS: for each N:START:SIZE in PARTS,
+# --partition=N of IMAGE shows exactly that range of RAW, with that size.
+check_every_partition() {
+  local image=$1 raw=$2 p n start size
+  for p in $3; do
+    IFS=: read -r n start size <<<"$p"
+    start_export -r --partition="$n" "$image"
+    [ "$(stat -c %s "$image")" = $((size * 512)) ] ||
+      fail "partition $n: size $(stat -c %s "$image"), not $((size * 512))"
+    cmp "$image" <(range "$raw" "$start" "$size") ||
+      fail "partition $n of $image differs from its range of $raw"
+    stop_export
+  done
+}
+
+@test "MBR, three primaries and three logicals: raw, qcow2 and a qcow2 over a backing file" {
+  make_mbr disk.raw
+  cp disk.raw plain.img
+  qemu-img convert -O qcow2 disk.raw base.qcow2
+  # the overlay changes partition 6; the table stays in the backing file
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+  qemu-io -f qcow2 -c "write -P 0x5a $((34816 * 512 + 4096)) 64k" top.qcow2 >/dev/null
+  qemu-img convert -O raw top.qcow2 top.raw
+  check_every_partition plain.img disk.raw "$MBR_PARTS"
+  check_every_partition base.qcow2 disk.raw "$MBR_PARTS"
+  check_every_partition top.qcow2 top.raw "$MBR_PARTS"
+}
+
+@test "GPT with entries 1, 2 and 128: every one, and the gaps refused" {
+  make_gpt disk.raw
+  qemu-img convert -O qcow2 disk.raw disk.qcow2
+  check_every_partition disk.qcow2 disk.raw "$GPT_PARTS"
+  for n in 3 127 129; do
+    run "$FDE" -r --partition=$n disk.qcow2
+    assert_failure 3
+    assert_output --partial "disk.qcow2: partition $n: no such partition (gpt partition table)"
+  done
+  nothing_mounted
+}
+
+@test "writes stay inside the partition; past its end ENOSPC, as at the disk's end" {
+  make_mbr disk.raw
+  qemu-img convert -O qcow2 disk.raw disk.qcow2
+  head -c 65536 /dev/urandom >data
+  start_export --partition=2 disk.qcow2
+  # a write crossing the end is cut short there: the rest gets ENOSPC
+  run dd if=/dev/zero of=disk.qcow2 bs=1024 count=1 seek=$((8192 * 512 - 512)) \
+    oflag=seek_bytes conv=notrunc status=none
+  assert_failure
+  assert_output --partial "No space left on device"
+  # the last 64 KiB of partition 2, then one sector past its end
+  dd if=data of=disk.qcow2 bs=512 seek=$((8192 - 128)) conv=notrunc,fsync status=none
+  run dd if=data of=disk.qcow2 bs=512 seek=8192 count=1 conv=notrunc status=none
+  assert_failure
+  assert_output --partial "No space left on device"
+  [ "$(stat -c %s disk.qcow2)" = $((8192 * 512)) ]
+  stop_export
+  qemu-img check -q disk.qcow2
+  qemu-img convert -O raw disk.qcow2 after.raw
+  cmp <(range after.raw $((10240 + 8192 - 128)) 128) data || fail "the write is not in partition 2"
+  # everything but the last 64 KiB of partition 2 is unchanged: the
+  # table, the other partitions, and partition 3 right after the end
+  cmp <(range after.raw 0 $((10240 + 8192 - 128))) <(range disk.raw 0 $((10240 + 8192 - 128))) ||
+    fail "bytes before the write changed"
+  cmp <(range after.raw 18432 $((131072 - 18432))) <(range disk.raw 18432 $((131072 - 18432))) ||
+    fail "bytes after partition 2 changed"
+}
+
+@test "zero-range and punch on a logical partition read back zeros; the neighbours are intact" {
+  requires fallocate
+  make_mbr disk.raw
+  qemu-img convert -O qcow2 disk.raw disk.qcow2
+  start_export --partition=6 disk.qcow2
+  fallocate -z -o 65536 -l 131072 disk.qcow2
+  fallocate -p -o 1048576 -l 262144 disk.qcow2
+  # the last 4 KiB: up to the partition's end, not a byte further
+  fallocate -p -o $((4096 * 512 - 4096)) -l 4096 disk.qcow2
+  cmp <(range disk.qcow2 128 256) <(head -c 131072 /dev/zero) || fail "zero-range"
+  cmp <(range disk.qcow2 2048 512) <(head -c 262144 /dev/zero) || fail "punch"
+  cmp <(range disk.qcow2 $((4096 - 8)) 8) <(head -c 4096 /dev/zero) || fail "punch at the end"
+  stop_export
+  qemu-img check -q disk.qcow2
+  qemu-img convert -O raw disk.qcow2 after.raw
+  local p6=34816
+  for r in "0 $((p6 + 128))" "$((p6 + 384)) $((2048 - 384))" \
+           "$((p6 + 2560)) $((4096 - 2560 - 8))" "$((p6 + 4096)) $((131072 - p6 - 4096))"; do
+    set -- $r
+    cmp <(range after.raw "$1" "$2") <(range disk.raw "$1" "$2") ||
+      fail "sectors $1 + $2 changed"
+  done
+  cmp <(range after.raw $((p6 + 128)) 256) <(head -c 131072 /dev/zero) || fail "zero-range lost"
+}
+
+@test "SEEK_DATA, SEEK_HOLE and st_blocks of a sparse partition" {
+  requires_python
+  truncate -s 64M disk.img
+  printf 'label: dos\nstart=2048, size=8192, type=83\nstart=10240, size=16384, type=83\n' |
+    sfdisk --quiet disk.img >/dev/null
+  # 64 KiB of data 1 MiB into partition 2; data in partition 1 too
+  head -c 65536 /dev/urandom | dd of=disk.img bs=512 seek=$((10240 + 2048)) conv=notrunc status=none
+  head -c 65536 /dev/urandom | dd of=disk.img bs=512 seek=4096 conv=notrunc status=none
+  start_export --partition=2 disk.img
+  run "$PYTHON" -c '
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+d = os.lseek(fd, 0, os.SEEK_DATA)
+h = os.lseek(fd, d, os.SEEK_HOLE)
+try:
+    os.lseek(fd, h, os.SEEK_DATA); nxt = "data"
+except OSError as e:
+    nxt = e.errno
+print(d, h, nxt, os.lseek(fd, 0, os.SEEK_HOLE))' disk.img
+  assert_success
+  assert_output "1048576 1114112 6 0"
+  # st_blocks: the 64 KiB allocated inside the window, not the image's
+  [ "$(stat -c %b disk.img)" = 128 ] || fail "st_blocks $(stat -c %b disk.img), not 128"
+  # counted again (at most once a second) after a write
+  head -c 65536 /dev/urandom | dd of=disk.img bs=512 seek=8192 conv=notrunc,fsync status=none
+  sleep 1.2
+  [ "$(stat -c %b disk.img)" = 256 ] || fail "st_blocks $(stat -c %b disk.img) after a write, not 256"
+}
+
+@test "mkfs.ext4 and mount -o loop on --partition=2 of a qcow2 image" {
+  requires_root
+  requires mkfs.ext4
+  requires debugfs
+  make_mbr disk.raw
+  qemu-img convert -O qcow2 disk.raw disk.qcow2
+  start_export --partition=2 disk.qcow2
+  mkfs.ext4 -q -F -F disk.qcow2   # twice: the view is a mount point
+  mkdir mnt
+  mount -o loop disk.qcow2 mnt || skip "mount -o loop is not available here"
+  echo "written through a partition view" >mnt/hello
+  umount mnt
+  stop_export
+  qemu-img check -q disk.qcow2
+  qemu-img convert -O raw disk.qcow2 after.raw
+  range after.raw 10240 8192 >p2.img
+  run debugfs -R 'cat /hello' p2.img
+  assert_output --partial "written through a partition view"
+  for p in 1:2048:8192 3:18432:8192 6:34816:4096; do
+    IFS=: read -r n start size <<<"$p"
+    cmp <(range after.raw "$start" "$size") <(range disk.raw "$start" "$size") ||
+      fail "partition $n changed"
+  done
+}
+
+# refused IMAGE N MESSAGE: --partition=N of IMAGE exits 3 with one line
+# naming the image, the partition and MESSAGE, and mounts nothing.
+refused() {
+  local before
+  before=$(sha "$1")
+  run "$FDE" --partition="$2" "$1"
+  assert_failure 3
+  assert_output --partial "$1: partition $2: $3"
+  [ "${#lines[@]}" = 1 ] || fail "more than one line: $output"
+  nothing_mounted
+  [ "$(sha "$1")" = "$before" ] || fail "the image changed"
+}
+
+# poke FILE OFFSET HEX: write bytes into a file.
+poke() {
+  printf "$(sed 's/\(..\)/\\x\1/g' <<<"$3")" |
+    dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+
+# le32 N: N as 4 little-endian bytes in hex.
+le32() { printf '%02x%02x%02x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
+
+@test "hostile tables are refused with one line naming the image and the partition" {
+  # an entry ending past the disk's end (the table written for a larger
+  # disk, then the image cut short)
+  truncate -s 64M big.img
+  printf 'label: dos\nstart=2048, size=8192, type=83\nstart=10240, size=100000, type=83\n' |
+    sfdisk --quiet big.img >/dev/null
+  truncate -s 16M big.img
+  qemu-img convert -O qcow2 big.img big.qcow2
+  refused big.qcow2 2 "it ends past the end of the disk"
+  # an entry starting past the end
+  truncate -s 16M far.img
+  printf 'label: dos\nstart=2048, size=8192, type=83\n' | sfdisk --quiet far.img >/dev/null
+  poke far.img $((446 + 16 + 4)) 83
+  poke far.img $((446 + 16 + 8)) "$(le32 1000000)$(le32 2048)"
+  refused far.img 2 "it starts past the end of the disk"
+  # overlapping entries are no reason to refuse a valid one
+  truncate -s 16M overlap.img
+  printf 'label: dos\nstart=2048, size=8192, type=83\n' | sfdisk --quiet overlap.img >/dev/null
+  poke overlap.img $((446 + 16 + 4)) 83
+  poke overlap.img $((446 + 16 + 8)) "$(le32 4096)$(le32 8192)"
+  run "$FDE" -n --partition=2 overlap.img
+  assert_success
+  assert_output --partial "partition-start: $((4096 * 512))"
+  assert_output --partial "partition-size: $((8192 * 512))"
+  # the extended partition itself, a missing one, no table at all
+  make_mbr mbr.img
+  refused mbr.img 4 "it is an extended partition"
+  refused mbr.img 8 "no such partition (dos partition table)"
+  truncate -s 16M blank.img
+  refused blank.img 1 "libblkid finds no partition table"
+}
+
+@test "an EBR chain that loops, and one hundreds deep, are refused" {
+  # two logical partitions, the second EBR linking back to the first:
+  # libblkid stops at the loop; what lies beyond it is refused
+  truncate -s 64M loop.img
+  printf 'label: dos\nstart=2048, size=8192, type=83\nstart=10240, type=5\nstart=12288, size=2048, type=83\nstart=16384, size=2048, type=83\n' |
+    sfdisk --quiet loop.img >/dev/null
+  # sfdisk put the second EBR at sector 14336; its link entry points back
+  # at the extended partition's start, the first EBR
+  poke loop.img $((14336 * 512 + 446 + 16 + 4)) 05
+  poke loop.img $((14336 * 512 + 446 + 16 + 8)) "$(le32 0)$(le32 2048)"
+  run "$FDE" -n --partition=6 loop.img
+  assert_success
+  assert_output --partial "partition-start: $((16384 * 512))"
+  refused loop.img 7 "no such partition (dos partition table)"
+  # a chain of 300 logical partitions (sfdisk stops at 60: written
+  # here), more than Linux numbers
+  truncate -s 64M deep.img
+  "$PYTHON" - deep.img 300 <<'PY'
+import struct, sys
+path, n = sys.argv[1], int(sys.argv[2])
+ext, step = 2048, 64
+def entry(kind, start, size):
+    return struct.pack('<B3sB3sII', 0, bytes(3), kind, bytes(3), start, size)
+with open(path, 'r+b') as f:
+    mbr = bytearray(512)
+    mbr[446:462] = entry(0x05, ext, step * n)
+    mbr[510:512] = b'\x55\xaa'
+    f.write(mbr)
+    for i in range(n):
+        ebr = bytearray(512)
+        ebr[446:462] = entry(0x83, 32, 32)
+        if i + 1 < n:
+            ebr[462:478] = entry(0x05, step * (i + 1), step)
+        ebr[510:512] = b'\x55\xaa'
+        f.seek((ext + step * i) * 512)
+        f.write(ebr)
+PY
+  refused deep.img 5 "the table holds more than 256 partitions"
+}
+
+@test "a GPT whose headers fail their CRC checks: libblkid's verdict stands" {
+  make_gpt gpt.img
+  run "$FDE" -n --partition=2 gpt.img
+  assert_success
+  # one bad primary header: libblkid takes the backup
+  poke gpt.img $((512 + 16)) 00000000
+  run "$FDE" -n --partition=2 gpt.img
+  assert_success
+  assert_output --partial "partition-start: $((6144 * 512))"
+  # both bad: no table is accepted (the protective MBR is not one)
+  poke gpt.img $(( (131072 - 1) * 512 + 16)) 00000000
+  refused gpt.img 2 "libblkid finds no partition table it accepts"
+}
+
+@test "--partition works with --probe, and takes numbers from 1 only" {
+  make_mbr disk.img
+  run "$FDE" -n --partition=5 disk.img
+  assert_success
+  assert_output --partial "virtual-size: $((4096 * 512))"
+  assert_output --partial "partition: 5"
+  assert_output --partial "partition-start: $((28672 * 512))"
+  for bad in 0 -1 +2 x 2x ""; do
+    run "$FDE" --partition="$bad" disk.img
+    assert_failure 2
+    assert_output --partial "invalid --partition"
+  done
+}
+
+@test "in the foreground the announcement names the partition; ^C reverts" {
+  make_mbr disk.img
+  start_fg --partition=6 disk.img
+  local i
+  for i in $(seq 50); do
+    grep -q "press ^C to revert" fg.out && break
+    sleep 0.1
+  done
+  run cat fg.out
+  assert_line "disk.img: partition 6 of the raw image shown as a raw disk on $WORK/disk.img; press ^C to revert"
+  kill -INT "$FG_PID"
+  wait "$FG_PID"
+  wait_unmounted "$WORK/disk.img"
+  [ "$(stat -c %s disk.img)" = $((64 << 20)) ]
+}

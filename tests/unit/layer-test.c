@@ -1,0 +1,302 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later
+ * Copyright (C) 2026 The fuse-disk-export authors */
+/* fuse-disk-export: the layers of formats/layer.h over a disk in memory:
+ * the window's arithmetic (checks at the edges of 64 bits, shifting,
+ * clipping of runs), libblkid's answer turned into a window, capabilities
+ * passed through or left absent, and the sector-0 guard. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layer.h"
+
+static int failures;
+
+#define CHECK(cond)                                                     \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
+              #cond);                                                   \
+      failures++;                                                       \
+    }                                                                   \
+  } while (0)
+
+/* ---- A disk in memory: data in the first half is allocated ------------- */
+
+struct mem_disk {
+  struct fde_disk disk;
+  uint8_t *bytes;
+  uint64_t last_off, last_len;  /* the last range asked for */
+  bool closed;
+};
+
+#define MEM(d) ((struct mem_disk *) (d))
+
+static void
+note(struct fde_disk *d, uint64_t off, uint64_t len)
+{
+  if (off > d->size || len > d->size - off) {
+    fprintf(stderr, "a layer called down outside the disk: %llu+%llu\n",
+            (unsigned long long) off, (unsigned long long) len);
+    abort();
+  }
+  MEM(d)->last_off = off;
+  MEM(d)->last_len = len;
+}
+
+static int
+mem_pread(struct fde_disk *d, void *buf, size_t len, uint64_t off)
+{
+  note(d, off, len);
+  memcpy(buf, MEM(d)->bytes + off, len);
+  return 0;
+}
+
+static int
+mem_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
+{
+  note(d, off, len);
+  memcpy(MEM(d)->bytes + off, buf, len);
+  return 0;
+}
+
+static int
+mem_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+{
+  note(d, off, len);
+  memset(MEM(d)->bytes + off, 0, len);
+  return 0;
+}
+
+static int
+mem_flush(struct fde_disk *d)
+{
+  return 0;
+}
+
+/* Runs end at the middle of the disk: data before, a hole after. */
+static int
+mem_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
+                 uint64_t *run, unsigned *status)
+{
+  uint64_t half = d->size / 2;
+
+  note(d, off, len);
+  *status = off < half ? FDE_BS_DATA : FDE_BS_ZERO;
+  *run = off < half && half - off < len ? half - off : len;
+  return 0;
+}
+
+static uint64_t
+mem_allocated(struct fde_disk *d)
+{
+  return d->size / 2;
+}
+
+static void
+mem_describe(struct fde_disk *d, FILE *out)
+{
+  fprintf(out, "mem: yes\n");
+}
+
+static void
+mem_close(struct fde_disk *d)
+{
+  MEM(d)->closed = true;
+}
+
+static const struct fde_format mem_format = {
+  .name = "mem",
+  .pread = mem_pread, .pwrite = mem_pwrite, .zero = mem_zero,
+  .flush = mem_flush, .block_status = mem_block_status,
+  .allocated_bytes = mem_allocated, .describe = mem_describe,
+  .close = mem_close,             /* no map, no io_begin/io_end */
+};
+
+static struct mem_disk *
+mem_new(uint64_t size)
+{
+  struct mem_disk *m = calloc(1, sizeof *m);
+
+  m->disk.format = &mem_format;
+  m->disk.size = size;
+  m->disk.path = "mem";
+  m->bytes = calloc(1, size);
+  for (uint64_t i = 0; i < size; i++)
+    m->bytes[i] = (uint8_t) (i * 7 + 1);
+  return m;
+}
+
+/* ---- Tests ---------------------------------------------------------------- */
+
+static void
+test_window_check(void)
+{
+  CHECK(fde_window_check(1000, 0, 1000) == NULL);
+  CHECK(fde_window_check(1000, 999, 1) == NULL);
+  CHECK(fde_window_check(1000, 999, 2) != NULL);
+  CHECK(fde_window_check(1000, 1000, 1) != NULL);
+  CHECK(fde_window_check(1000, 10, 0) != NULL);
+  /* start + size would wrap around 2^64 */
+  CHECK(fde_window_check(UINT64_MAX, 2, UINT64_MAX - 1) != NULL);
+  CHECK(fde_window_check(UINT64_MAX, UINT64_MAX - 1, 1) == NULL);
+  CHECK(fde_window_check(UINT64_MAX, UINT64_MAX, 1) != NULL);
+  CHECK(fde_window_check(0, 0, 1) != NULL);
+}
+
+static int
+pick(const struct fde_part_entry *p, size_t n, uint64_t disk, unsigned want,
+     uint64_t *start, uint64_t *size)
+{
+  const char *why;
+  int r = fde_partition_pick(p, n, disk, want, start, size, &why);
+
+  CHECK((r == 0) == (why == NULL));
+  return r;
+}
+
+static void
+test_pick(void)
+{
+  const uint64_t disk = 64 << 20;
+  struct fde_part_entry t[] = {
+    { 1, 2048, 8192, false },
+    { 4, 26624, 104448, true },
+    { 5, 28672, 4096, false },
+    { 6, 28672, 4096, false },                /* a loop's repeat */
+    { 7, 131000, 72, false },                 /* exactly to the end */
+    { 8, 131000, 73, false },                 /* one sector past it */
+    { 9, -1, 10, false },
+    { 10, INT64_MAX, 2, false },              /* *512 overflows */
+    { 11, 2048, INT64_MAX / 256, false },
+    { 12, 131072, 1, false },                 /* starts at the end */
+    { 13, 2048, 0, false },
+  };
+  size_t n = sizeof t / sizeof t[0];
+  uint64_t start, size;
+
+  CHECK(pick(t, n, disk, 1, &start, &size) == 0);
+  CHECK(start == 2048 * 512 && size == 8192 * 512);
+  CHECK(pick(t, n, disk, 4, &start, &size) == -EINVAL);
+  CHECK(pick(t, n, disk, 5, &start, &size) == 0);
+  CHECK(pick(t, n, disk, 6, &start, &size) == -EINVAL);
+  CHECK(pick(t, n, disk, 7, &start, &size) == 0);
+  CHECK(start + size == disk);
+  for (unsigned k = 8; k <= 13; k++)
+    CHECK(pick(t, n, disk, k, &start, &size) == -EINVAL);
+  CHECK(pick(t, n, disk, 2, &start, &size) == -ENOENT);
+  CHECK(pick(t, n, disk, 14, &start, &size) == -ENOENT);
+  CHECK(pick(t, 0, disk, 1, &start, &size) == -ENOENT);
+
+  /* more than 256 entries: refused whichever is asked for */
+  struct fde_part_entry *many = calloc(257, sizeof *many);
+  for (int i = 0; i < 257; i++)
+    many[i] = (struct fde_part_entry) { i + 1, 2048 + i, 1, false };
+  CHECK(pick(many, 256, disk, 1, &start, &size) == 0);
+  CHECK(pick(many, 257, disk, 1, &start, &size) == -EINVAL);
+  free(many);
+}
+
+static void
+test_window_layer(void)
+{
+  struct mem_disk *m = mem_new(1 << 20);
+  struct fde_disk *w, *d = &m->disk;
+  const uint64_t start = 4096, size = 8192;
+  uint8_t buf[512], want[512];
+  uint64_t run;
+  unsigned status;
+
+  CHECK(fde_partition_open(d, 3, start, (1 << 20) - start + 1, &w)
+        == -EINVAL);
+  CHECK(fde_partition_open(d, 3, start, size, &w) == 0);
+  CHECK(w->size == size && !w->read_only);
+  CHECK(strcmp(w->format->name, "mem") == 0);
+  CHECK(fde_disk_is_layer(w) && !fde_disk_is_layer(d));
+  CHECK(fde_disk_bottom(w) == d);
+  /* absent below, absent through the layer */
+  CHECK(w->format->map == NULL && w->format->io_begin == NULL
+        && w->format->io_end == NULL);
+  CHECK(w->format->probe == NULL && w->format->open == NULL);
+
+  /* reads and writes shift by start */
+  CHECK(w->format->pread(w, buf, sizeof buf, size - 512) == 0);
+  CHECK(memcmp(buf, m->bytes + start + size - 512, 512) == 0);
+  CHECK(m->last_off == start + size - 512 && m->last_len == 512);
+  memset(want, 0xab, sizeof want);
+  CHECK(w->format->pwrite(w, want, sizeof want, 0) == 0);
+  CHECK(memcmp(m->bytes + start, want, 512) == 0);
+  CHECK(m->bytes[start - 1] == (uint8_t) ((start - 1) * 7 + 1));
+  CHECK(w->format->zero(w, 512, 1024, true) == 0);
+  CHECK(m->last_off == start + 512 && m->last_len == 1024);
+  CHECK(m->bytes[start + 511] == 0xab && m->bytes[start + 512] == 0
+        && m->bytes[start + 1536] == (uint8_t) ((start + 1536) * 7 + 1));
+
+  /* block_status runs stay inside the length asked for */
+  CHECK(w->format->block_status(w, 0, size, &run, &status) == 0);
+  CHECK(run == size && status == FDE_BS_DATA);
+  CHECK(w->format->flush(w) == 0);
+  /* allocation counted inside the window only */
+  CHECK(w->format->allocated_bytes(w) == size);
+  fde_disk_close(w);
+  CHECK(m->closed);
+
+  /* a window across the middle: half data, half hole */
+  m->closed = false;
+  CHECK(fde_partition_open(d, 1, (1 << 19) - 1024, 4096, &w) == 0);
+  CHECK(w->format->block_status(w, 0, 4096, &run, &status) == 0);
+  CHECK(run == 1024 && status == FDE_BS_DATA);
+  CHECK(w->format->allocated_bytes(w) == 1024);
+  fde_disk_close(w);
+  free(m->bytes);
+  free(m);
+}
+
+/* "an image header": a sector starting with "IMG!" */
+static bool
+looks_like_image(const uint8_t *sector, size_t len)
+{
+  return len >= 4 && memcmp(sector, "IMG!", 4) == 0;
+}
+
+static void
+test_guard(void)
+{
+  struct mem_disk *m = mem_new(1 << 16);
+  struct fde_disk *g, *w;
+
+  CHECK(fde_guard_open(&m->disk, "mem.img", looks_like_image, &g) == 0);
+  CHECK(g->size == m->disk.size);
+  CHECK(g->format->pwrite(g, "IMG!", 4, 0) == -EPERM);
+  CHECK(g->format->pwrite(g, "MG!", 3, 1) == 0);    /* "?MG!": fine */
+  CHECK(g->format->pwrite(g, "I", 1, 0) == -EPERM); /* completes "IMG!" */
+  CHECK(m->bytes[0] == 1);
+  CHECK(g->format->zero(g, 0, 1, false) == 0);      /* "\0MG!": fine */
+  CHECK(g->format->pwrite(g, "IMG!", 4, 512) == 0); /* sector 1: no check */
+  /* a window over the guard at the disk's start is guarded too */
+  CHECK(fde_partition_open(g, 1, 0, 4096, &w) == 0);
+  CHECK(w->format->pwrite(w, "I", 1, 0) == -EPERM);
+  CHECK(w->format->pwrite(w, "X", 1, 0) == 0);
+  fde_disk_close(w);
+  CHECK(m->closed);
+  free(m->bytes);
+  free(m);
+}
+
+int
+main(void)
+{
+  test_window_check();
+  test_pick();
+  test_window_layer();
+  test_guard();
+  if (failures > 0) {
+    fprintf(stderr, "layer-test: %d checks failed\n", failures);
+    return 1;
+  }
+  printf("layer-test: all checks passed\n");
+  return 0;
+}
