@@ -75,7 +75,8 @@ pass_io_end(struct fde_disk *d, unsigned token)
 void
 fde_layer_close(struct fde_disk *d)
 {
-  fde_disk_close(LOWER(d));
+  if (!((struct fde_layer *) d)->lower_shared)
+    fde_disk_close(LOWER(d));
   free(d);
 }
 

@@ -28,7 +28,10 @@
 struct fde_layer {
   struct fde_disk disk;         /* must come first: the layer is a disk */
   struct fde_format ops;        /* disk.format points here */
-  struct fde_disk *lower;       /* owned */
+  struct fde_disk *lower;       /* owned, unless lower_shared */
+  bool lower_shared;            /* several layers share lower (the files
+                                 * of a directory view): closing the layer
+                                 * leaves lower open, for its owner */
 };
 
 /* Set up l (allocated by the caller, zeroed) over lower: disk.size =
@@ -63,7 +66,8 @@ fde_disk_bottom(struct fde_disk *d)
   return d;
 }
 
-/* Close the lower disk and free l (the pass-through close). */
+/* Close the lower disk (unless lower_shared) and free l (the pass-through
+ * close). */
 void fde_layer_close(struct fde_disk *d);
 
 /* ---- formats/partition.c: the window on one partition -------------------
@@ -102,6 +106,28 @@ struct fde_part_entry {
 int fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
                        uint64_t disk_size, unsigned n, uint64_t *start,
                        uint64_t *size, const char **why);
+
+/* Is entry i of parts (libblkid's answer for a disk of disk_size bytes)
+ * a partition a window may show?  Its number must be 1..256 and unique,
+ * it must not be an extended container or repeat an earlier entry (a
+ * looping EBR chain), nor have more than 256 entries before it, and its
+ * window must pass fde_window_check.  0 with *start and *size (bytes),
+ * or -EINVAL with why (static) saying the problem. */
+int fde_partition_entry_check(const struct fde_part_entry *parts,
+                              size_t nparts, size_t i, uint64_t disk_size,
+                              uint64_t *start, uint64_t *size,
+                              const char **why);
+
+/* The partition table libblkid finds on disk's virtual bytes (read as
+ * described in partition.c, never through a mount): *parts (malloc'd,
+ * the caller frees it; *nparts entries, none when there is no table or
+ * libblkid refuses it, such as a GPT with a bad CRC) and the table type
+ * ("dos", "gpt"...; empty if none) in type.  Entries are unchecked: pass
+ * each through fde_partition_entry_check.  0, -EFBIG (disk past
+ * INT64_MAX bytes), -ENOMEM, or the disk's read error. */
+int fde_partition_table_read(struct fde_disk *disk,
+                             struct fde_part_entry **parts, size_t *nparts,
+                             char *type, size_t type_len);
 
 /* Wrap lower in a window on [start, start + size) (checked with
  * fde_window_check), numbered n for describe.  On success *out owns

@@ -193,23 +193,20 @@ fde_partition_open(struct fde_disk *lower, unsigned n, uint64_t start,
 /* ---- libblkid's answer to a window ------------------------------------- */
 
 int
-fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
-                   uint64_t disk_size, unsigned n, uint64_t *start,
-                   uint64_t *size, const char **why)
+fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
+                          size_t i, uint64_t disk_size, uint64_t *start,
+                          uint64_t *size, const char **why)
 {
-  const struct fde_part_entry *p = NULL;
+  const struct fde_part_entry *p = &parts[i];
 
   *why = NULL;
-  if (nparts > MAX_PARTS) {
+  if (i >= MAX_PARTS) {
     *why = "the table holds more than 256 partitions";
     return -EINVAL;
   }
-  for (size_t i = 0; i < nparts && p == NULL; i++)
-    if (parts[i].partno >= 0 && (unsigned) parts[i].partno == n)
-      p = &parts[i];
-  if (p == NULL) {
-    *why = "no such partition";
-    return -ENOENT;
+  if (p->partno < 1 || p->partno > MAX_PARTS) {
+    *why = "its number is out of range";
+    return -EINVAL;
   }
   if (p->extended) {
     *why = "it is an extended partition, a container whose logical "
@@ -217,13 +214,20 @@ fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
     return -EINVAL;
   }
   /* An extended chain that loops shows the same logical partition again
-   * under a new number: refuse the repeats. */
-  for (const struct fde_part_entry *q = parts; q < p; q++)
+   * under a new number, and a number given twice is no numbering: refuse
+   * the repeats. */
+  for (size_t k = 0; k < i && k < nparts; k++) {
+    const struct fde_part_entry *q = &parts[k];
+    if (q->partno == p->partno) {
+      *why = "its number is given to an earlier entry too";
+      return -EINVAL;
+    }
     if (q->start == p->start && q->size == p->size && !q->extended) {
       *why = "it repeats an earlier entry (the extended partition chain "
         "loops)";
       return -EINVAL;
     }
+  }
   if (p->start < 0 || p->size < 0 || (uint64_t) p->start > UINT64_MAX / SECTOR
       || (uint64_t) p->size > UINT64_MAX / SECTOR) {
     *why = "its start or size is out of range";
@@ -233,6 +237,29 @@ fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
   *size = (uint64_t) p->size * SECTOR;
   *why = fde_window_check(disk_size, *start, *size);
   return *why != NULL ? -EINVAL : 0;
+}
+
+int
+fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
+                   uint64_t disk_size, unsigned n, uint64_t *start,
+                   uint64_t *size, const char **why)
+{
+  size_t i;
+
+  *why = NULL;
+  if (nparts > MAX_PARTS) {
+    *why = "the table holds more than 256 partitions";
+    return -EINVAL;
+  }
+  for (i = 0; i < nparts; i++)
+    if (parts[i].partno >= 0 && (unsigned) parts[i].partno == n)
+      break;
+  if (i == nparts) {
+    *why = "no such partition";
+    return -ENOENT;
+  }
+  return fde_partition_entry_check(parts, nparts, i, disk_size, start, size,
+                                   why);
 }
 
 /* ---- Letting libblkid read the virtual disk ------------------------------
@@ -452,9 +479,8 @@ out:
   return r;
 }
 
-/* The partitions libblkid finds on disk (see above). */
-static int
-read_table(struct fde_disk *disk, struct fde_part_entry **parts,
+int
+fde_partition_table_read(struct fde_disk *disk, struct fde_part_entry **parts,
            size_t *nparts, char *type, size_t type_len)
 {
   int memfd = memfd_create("fde-partition-table", MFD_CLOEXEC);
@@ -480,7 +506,7 @@ fde_partition_find(struct fde_disk *lower, const char *image, unsigned n,
   size_t nparts;
   const char *why;
   char type[32];
-  int r = read_table(lower, &parts, &nparts, type, sizeof type);
+  int r = fde_partition_table_read(lower, &parts, &nparts, type, sizeof type);
 
   if (r < 0) {
     fde_error("%s: partition %u: cannot read the partition table: %s",
