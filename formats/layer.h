@@ -83,7 +83,7 @@ const char *fde_window_check(uint64_t disk_size, uint64_t start,
                              uint64_t size);
 
 /* Partition number n (Linux numbering) of lower, found with libblkid on
- * the virtual disk's bytes (see partition.c for how libblkid reads them).
+ * the virtual disk's bytes (see blkid-view.c for how libblkid reads them).
  * Stores its first byte and length.  0, or -errno with one line logged
  * naming image, the partition and the problem: -ENOENT (no table, or no
  * such partition), -EINVAL (an entry outside the disk, an extended
@@ -110,8 +110,9 @@ int fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
 /* Is entry i of parts (libblkid's answer for a disk of disk_size bytes)
  * a partition a window may show?  Its number must be 1..256 and unique,
  * it must not be an extended container or repeat an earlier entry (a
- * looping EBR chain), nor have more than 256 entries before it, and its
- * window must pass fde_window_check.  0 with *start and *size (bytes),
+ * looping EBR chain), nor have more than 256 entries before it; its
+ * window must pass fde_window_check and not overlap the window of an
+ * earlier entry (the earlier one is kept).  0 with *start and *size (bytes),
  * or -EINVAL with why (static) saying the problem. */
 int fde_partition_entry_check(const struct fde_part_entry *parts,
                               size_t nparts, size_t i, uint64_t disk_size,
@@ -119,7 +120,7 @@ int fde_partition_entry_check(const struct fde_part_entry *parts,
                               const char **why);
 
 /* The partition table libblkid finds on disk's virtual bytes (read as
- * described in partition.c, never through a mount): *parts (malloc'd,
+ * described in blkid-view.c, never through a mount): *parts (malloc'd,
  * the caller frees it; *nparts entries, none when there is no table or
  * libblkid refuses it, such as a GPT with a bad CRC) and the table type
  * ("dos", "gpt"...; empty if none) in type.  Entries are unchecked: pass
@@ -134,6 +135,23 @@ int fde_partition_table_read(struct fde_disk *disk,
  * lower; on failure lower is left to the caller.  0 or -errno. */
 int fde_partition_open(struct fde_disk *lower, unsigned n, uint64_t start,
                        uint64_t size, struct fde_disk **out);
+
+/* Change the size of window d (made by fde_partition_open) to new_size
+ * bytes, keeping its start: the directory view follows a partition that
+ * a new table makes larger or smaller.  Other threads may be using d:
+ * the size is stored atomically (read it with fde_disk_size), and a
+ * request that read the old size may still reach up to the old end,
+ * which stays inside the lower disk.  0, or -EINVAL if d is no window
+ * or the new window fails fde_window_check. */
+int fde_window_resize(struct fde_disk *d, uint64_t new_size);
+
+/* d->size read atomically: the size of a window may change while it is
+ * in use (fde_window_resize); every other disk's size is fixed. */
+static inline uint64_t
+fde_disk_size(const struct fde_disk *d)
+{
+  return __atomic_load_n(&d->size, __ATOMIC_RELAXED);
+}
 
 /* ---- formats/guard.c: the sector-0 guard --------------------------------
  *

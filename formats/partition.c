@@ -4,13 +4,11 @@
  * with libblkid on the virtual disk's bytes (see layer.h). */
 #include <config.h>
 
-#include <blkid.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -85,14 +83,14 @@ window_map(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
 static uint64_t
 count_allocated(struct fde_disk *d)
 {
-  uint64_t pos = 0, total = 0, run;
+  uint64_t pos = 0, total = 0, run, size = fde_disk_size(d);
   unsigned status;
 
-  while (pos < d->size) {
-    if (window_block_status(d, pos, d->size - pos, &run, &status) < 0)
+  while (pos < size) {
+    if (window_block_status(d, pos, size - pos, &run, &status) < 0)
       return total;
-    if (run == 0 || run > d->size - pos)
-      run = d->size - pos;      /* never loop on a backend's bad answer */
+    if (run == 0 || run > size - pos)
+      run = size - pos;         /* never loop on a backend's bad answer */
     if ((status & FDE_BS_DATA) && !(status & FDE_BS_ZERO))
       total += run;
     pos += run;
@@ -145,7 +143,7 @@ window_describe(struct fde_disk *d, FILE *out)
   LOWER(d)->format->describe(LOWER(d), out);
   fprintf(out, "partition: %u\n", w->partno);
   fprintf(out, "partition-start: %" PRIu64 "\n", w->start);
-  fprintf(out, "partition-size: %" PRIu64 "\n", d->size);
+  fprintf(out, "partition-size: %" PRIu64 "\n", fde_disk_size(d));
   fprintf(out, "disk-size: %" PRIu64 "\n", LOWER(d)->size);
 }
 
@@ -159,6 +157,21 @@ static const struct fde_format window_ops = {
   .map = window_map,
   .close = window_close,
 };
+
+int
+fde_window_resize(struct fde_disk *d, uint64_t new_size)
+{
+  struct window *w = to_window(d);
+
+  if (d->format->close != window_close
+      || fde_window_check(LOWER(d)->size, w->start, new_size) != NULL)
+    return -EINVAL;
+  __atomic_store_n(&d->size, new_size, __ATOMIC_RELAXED);
+  pthread_mutex_lock(&w->alloc_lock);
+  w->alloc_valid = false;       /* count st_blocks again at once */
+  pthread_mutex_unlock(&w->alloc_lock);
+  return 0;
+}
 
 const char *
 fde_window_check(uint64_t disk_size, uint64_t start, uint64_t size)
@@ -191,6 +204,23 @@ fde_partition_open(struct fde_disk *lower, unsigned n, uint64_t start,
 }
 
 /* ---- libblkid's answer to a window ------------------------------------- */
+
+/* The window of entry p in bytes, if it lies inside a disk of disk_size
+ * bytes; else false with why. */
+static bool
+entry_window(const struct fde_part_entry *p, uint64_t disk_size,
+             uint64_t *start, uint64_t *size, const char **why)
+{
+  if (p->start < 0 || p->size < 0 || (uint64_t) p->start > UINT64_MAX / SECTOR
+      || (uint64_t) p->size > UINT64_MAX / SECTOR) {
+    *why = "its start or size is out of range";
+    return false;
+  }
+  *start = (uint64_t) p->start * SECTOR;
+  *size = (uint64_t) p->size * SECTOR;
+  *why = fde_window_check(disk_size, *start, *size);
+  return *why == NULL;
+}
 
 int
 fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
@@ -228,15 +258,21 @@ fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
       return -EINVAL;
     }
   }
-  if (p->start < 0 || p->size < 0 || (uint64_t) p->start > UINT64_MAX / SECTOR
-      || (uint64_t) p->size > UINT64_MAX / SECTOR) {
-    *why = "its start or size is out of range";
+  if (!entry_window(p, disk_size, start, size, why))
     return -EINVAL;
+  /* Two windows on the same sectors would be two file systems' worth of
+   * writes to one place: the earlier entry wins, as it is shown first. */
+  for (size_t k = 0; k < i && k < nparts; k++) {
+    uint64_t ks, kn;
+    const char *kwhy;
+    if (!parts[k].extended && entry_window(&parts[k], disk_size, &ks, &kn,
+                                           &kwhy)
+        && ks < *start + *size && *start < ks + kn) {
+      *why = "it overlaps an earlier partition of the table";
+      return -EINVAL;
+    }
   }
-  *start = (uint64_t) p->start * SECTOR;
-  *size = (uint64_t) p->size * SECTOR;
-  *why = fde_window_check(disk_size, *start, *size);
-  return *why != NULL ? -EINVAL : 0;
+  return 0;
 }
 
 int
@@ -247,10 +283,6 @@ fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
   size_t i;
 
   *why = NULL;
-  if (nparts > MAX_PARTS) {
-    *why = "the table holds more than 256 partitions";
-    return -EINVAL;
-  }
   for (i = 0; i < nparts; i++)
     if (parts[i].partno >= 0 && (unsigned) parts[i].partno == n)
       break;
@@ -262,242 +294,8 @@ fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
                                    why);
 }
 
-/* ---- Letting libblkid read the virtual disk ------------------------------
- *
- * libblkid reads only through a file descriptor of a regular file or
- * block device at least as large as the area probed (lseek and read; 2.38
- * has no read callback and no buffer interface), and the virtual disk has
- * no descriptor before the view is mounted; the daemon must never read
- * its own mount (a request in flight at SIGKILL would never be answered),
- * and /proc/self/mem is refused (its size is 0).  So libblkid reads a
- * memfd as large as the disk, sparse, into which the sectors a partition
- * table lives in have been copied from the disk first:
- *
- *  - the first and the last MiB (MBR, GPT header and entries at their
- *    usual places, the backup GPT, BSD, Sun, SGI, Mac, AIX and Atari
- *    labels, which libblkid looks for there);
- *  - GPT entry arrays wherever the primary and backup headers put them;
- *  - every EBR of the extended chain, followed as libblkid follows it
- *    (at most MAX_EBRS, stopping at a loop);
- *  - the first 64 KiB of every MBR partition (where libblkid looks for
- *    nested BSD, Solaris, UnixWare and Minix labels).
- *
- * Copying decides nothing: libblkid alone says what the table holds; a
- * sector it reads that was not copied reads as zeros, which can only make
- * a table look shorter (an entry missing), never put an entry elsewhere.
- * Sectors are 512 bytes, as for a loop device: a table written for
- * 4096-byte sectors is not found. */
-
-#define HEAD_TAIL (1u << 20)
-#define NESTED (64u << 10)
-#define MAX_EBRS 1024
-#define MAX_ENTRIES_BYTES (4u << 20)
-
-static uint16_t get16(const uint8_t *p) { return (uint16_t) (p[0] | p[1] << 8); }
-static uint32_t get32(const uint8_t *p) { return get16(p) | (uint32_t) get16(p + 2) << 16; }
-static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t) get32(p + 4) << 32; }
-
-/* Copy [off, off + len) of the disk, clipped to it, into the memfd. */
-static int
-copy_range(struct fde_disk *disk, int memfd, uint64_t off, uint64_t len)
-{
-  uint8_t buf[64 << 10];
-
-  if (off >= disk->size)
-    return 0;
-  if (len > disk->size - off)
-    len = disk->size - off;
-  while (len > 0) {
-    size_t n = len < sizeof buf ? (size_t) len : sizeof buf;
-    int r = disk->format->pread(disk, buf, n, off);
-    if (r < 0 || (r = fde_pwrite_full(memfd, buf, n, off)) < 0)
-      return r;
-    off += n;
-    len -= n;
-  }
-  return 0;
-}
-
-/* Read one copied sector back (zeros if outside the disk). */
-static int
-copied_sector(struct fde_disk *disk, int memfd, uint64_t lba,
-              uint8_t sec[SECTOR])
-{
-  memset(sec, 0, SECTOR);
-  if (lba >= disk->size / SECTOR)
-    return 0;
-  return fde_pread_full(memfd, sec, SECTOR, lba * SECTOR);
-}
-
-/* The GPT header at lba (if it is one): copy its entry array. */
-static int
-copy_gpt_entries(struct fde_disk *disk, int memfd, uint64_t lba)
-{
-  uint8_t h[SECTOR];
-  int r = copy_range(disk, memfd, lba * SECTOR, SECTOR);
-
-  if (r < 0 || (r = copied_sector(disk, memfd, lba, h)) < 0)
-    return r;
-  if (memcmp(h, "EFI PART", 8) != 0)
-    return 0;
-  uint64_t entries = get64(h + 72);
-  uint64_t bytes = (uint64_t) get32(h + 80) * get32(h + 84);
-  if (entries > disk->size / SECTOR)
-    return 0;
-  if (bytes > MAX_ENTRIES_BYTES)
-    bytes = MAX_ENTRIES_BYTES;
-  if ((r = copy_range(disk, memfd, entries * SECTOR, bytes)) < 0)
-    return r;
-  uint64_t alternate = get64(h + 32);
-  if (alternate != lba && lba == 1 && alternate < disk->size / SECTOR)
-    return copy_gpt_entries(disk, memfd, alternate);
-  return 0;
-}
-
-static bool
-is_extended(uint8_t type)
-{
-  return type == 0x05 || type == 0x0f || type == 0x85;
-}
-
-/* Copy the EBRs of the chain starting at ext (an LBA), and the first
- * NESTED bytes of each logical partition. */
-static int
-copy_ebr_chain(struct fde_disk *disk, int memfd, uint64_t ext)
-{
-  uint64_t seen[MAX_EBRS], cur = ext;
-  uint8_t sec[SECTOR];
-  int r;
-
-  for (unsigned n = 0; n < MAX_EBRS; n++) {
-    for (unsigned i = 0; i < n; i++)
-      if (seen[i] == cur)
-        return 0;               /* a loop: libblkid decides what it is */
-    seen[n] = cur;
-    if ((r = copy_range(disk, memfd, cur * SECTOR, SECTOR)) < 0
-        || (r = copied_sector(disk, memfd, cur, sec)) < 0)
-      return r;
-    if (get16(sec + 510) != 0xaa55)
-      return 0;
-    uint64_t next = 0;
-    for (int i = 0; i < 4; i++) {
-      const uint8_t *e = sec + 446 + 16 * i;
-      uint64_t start = get32(e + 8);
-      if (e[4] == 0 || get32(e + 12) == 0)
-        continue;
-      if (is_extended(e[4]))
-        next = ext + start;
-      else if ((r = copy_range(disk, memfd, (cur + start) * SECTOR,
-                               NESTED)) < 0)
-        return r;
-    }
-    if (next == 0)
-      return 0;
-    cur = next;
-  }
-  return 0;
-}
-
-/* Copy into memfd what libblkid reads to find a partition table. */
-static int
-copy_table_sectors(struct fde_disk *disk, int memfd)
-{
-  uint8_t mbr[SECTOR];
-  uint64_t tail = disk->size > HEAD_TAIL ? disk->size - HEAD_TAIL : 0;
-  int r;
-
-  if ((r = copy_range(disk, memfd, 0, HEAD_TAIL)) < 0
-      || (r = copy_range(disk, memfd, tail, HEAD_TAIL)) < 0
-      || (r = copy_gpt_entries(disk, memfd, 1)) < 0
-      || (disk->size >= 2 * SECTOR
-          && (r = copy_gpt_entries(disk, memfd,
-                                   disk->size / SECTOR - 1)) < 0)
-      || (r = copied_sector(disk, memfd, 0, mbr)) < 0)
-    return r;
-  if (get16(mbr + 510) != 0xaa55)
-    return 0;
-  for (int i = 0; i < 4; i++) {
-    const uint8_t *e = mbr + 446 + 16 * i;
-    uint64_t start = get32(e + 8);
-    if (e[4] == 0 || get32(e + 12) == 0)
-      continue;
-    if (is_extended(e[4]))
-      r = copy_ebr_chain(disk, memfd, start);
-    else
-      r = copy_range(disk, memfd, start * SECTOR, NESTED);
-    if (r < 0)
-      return r;
-  }
-  return 0;
-}
-
-/* Probe the memfd for partitions only; the entries in *parts (malloc'd,
- * *nparts of them; none if no table) and the table type in type (empty
- * if none).  0 or -errno. */
-static int
-probe_parts(int memfd, uint64_t size, struct fde_part_entry **parts,
-            size_t *nparts, char *type, size_t type_len)
-{
-  blkid_probe pr = blkid_new_probe();
-  blkid_partlist ls;
-  int r = -ENOMEM, n;
-
-  *parts = NULL;
-  *nparts = 0;
-  type[0] = '\0';
-  if (pr == NULL)
-    return r;
-  if (blkid_probe_set_device(pr, memfd, 0, (blkid_loff_t) size) != 0) {
-    r = -EIO;
-    goto out;
-  }
-  blkid_probe_enable_superblocks(pr, 0);
-  blkid_probe_enable_partitions(pr, 1);
-  r = 0;
-  if (blkid_do_safeprobe(pr) != 0 || (ls = blkid_probe_get_partitions(pr))
-      == NULL || (n = blkid_partlist_numof_partitions(ls)) <= 0)
-    goto out;
-  blkid_parttable tab = blkid_partlist_get_table(ls);
-  if (tab != NULL && blkid_parttable_get_type(tab) != NULL)
-    snprintf(type, type_len, "%s", blkid_parttable_get_type(tab));
-  if ((*parts = calloc((size_t) n, sizeof **parts)) == NULL) {
-    r = -ENOMEM;
-    goto out;
-  }
-  for (int i = 0; i < n; i++) {
-    blkid_partition p = blkid_partlist_get_partition(ls, i);
-    (*parts)[i] = (struct fde_part_entry) {
-      .partno = blkid_partition_get_partno(p),
-      .start = blkid_partition_get_start(p),
-      .size = blkid_partition_get_size(p),
-      .extended = blkid_partition_is_extended(p) != 0,
-    };
-  }
-  *nparts = (size_t) n;
-out:
-  blkid_free_probe(pr);
-  return r;
-}
-
-int
-fde_partition_table_read(struct fde_disk *disk, struct fde_part_entry **parts,
-           size_t *nparts, char *type, size_t type_len)
-{
-  int memfd = memfd_create("fde-partition-table", MFD_CLOEXEC);
-  int r;
-
-  *parts = NULL;
-  *nparts = 0;
-  if (memfd == -1)
-    return -errno;
-  if (disk->size > INT64_MAX || ftruncate(memfd, (off_t) disk->size) == -1)
-    r = disk->size > INT64_MAX ? -EFBIG : -errno;
-  else if ((r = copy_table_sectors(disk, memfd)) == 0)
-    r = probe_parts(memfd, disk->size, parts, nparts, type, type_len);
-  close(memfd);
-  return r;
-}
-
+/* The table is read by fde_partition_table_read (blkid-view.c: how
+ * libblkid reads the virtual disk without a descriptor on it). */
 int
 fde_partition_find(struct fde_disk *lower, const char *image, unsigned n,
                    uint64_t *start, uint64_t *size)

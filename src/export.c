@@ -5,6 +5,7 @@
  * unmount and close. */
 #include <config.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -292,16 +293,75 @@ pseudo_fs_of(int fd)
   return NULL;
 }
 
-/* The view's path: the image itself, or the -m file (absolute, resolved),
- * resolved once: exp->mnt_pfd keeps the file it named, and from then on
- * that descriptor, not the name, says which file the view goes on.
- * A user who is not root mounts through fusermount3, which needs write
- * permission on the mount point even for a read-only export. */
+/* The -P directory, opened through its O_PATH descriptor pfd: is it
+ * empty?  0, or an exit status with a message naming it.  (A file made
+ * in it later is only hidden under the view, as under any mount.) */
+static int
+check_empty_dir(int pfd, const char *target)
+{
+  char proc[64];
+  struct dirent *e;
+  DIR *dir;
+  int fd, r = 0;
+
+  fd_path(pfd, proc, sizeof proc);
+  fd = open(proc, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd == -1 || (dir = fdopendir(fd)) == NULL) {
+    fde_error("%s: %s", target, strerror(errno));
+    if (fd != -1)
+      close(fd);
+    return EXIT_FAIL;
+  }
+  errno = 0;
+  while (r == 0 && (e = readdir(dir)) != NULL)
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+      fde_error("%s: not empty (it holds %s); the directory view needs an "
+                "empty directory", target, e->d_name);
+      r = EXIT_IMAGE;
+    }
+  if (r == 0 && errno != 0) {
+    fde_error("%s: %s", target, strerror(errno));
+    r = EXIT_FAIL;
+  }
+  closedir(dir);
+  return r;
+}
+
+/* Is the mount point of the right type: a regular file for the single
+ * file view, an empty directory for -P?  0 or an exit status. */
+static int
+check_mountpoint_type(struct export *exp, const char *target)
+{
+  mode_t type = exp->mnt_st.st_mode & S_IFMT;
+
+  if (exp->opts->partitions_dir != NULL) {
+    if (type != S_IFDIR) {
+      fde_error("%s: not a directory; --partitions needs an existing empty "
+                "directory", target);
+      return EXIT_IMAGE;
+    }
+    return check_empty_dir(exp->mnt_pfd, target);
+  }
+  if (type != S_IFREG) {
+    fde_error("%s: %s", target, type == S_IFDIR ? "is a directory"
+              : "not a regular file");
+    return EXIT_IMAGE;
+  }
+  return 0;
+}
+
+/* The view's path: the image itself, the -m file or the -P directory
+ * (absolute, resolved), resolved once: exp->mnt_pfd keeps the file it
+ * named, and from then on that descriptor, not the name, says which file
+ * the view goes on.  A user who is not root mounts through fusermount3,
+ * which needs write permission on the mount point even for a read-only
+ * export. */
 static int
 resolve_mountpoint(struct export *exp)
 {
-  const char *target = exp->opts->mountpoint ? exp->opts->mountpoint
-                                             : exp->image;
+  const char *target = exp->opts->partitions_dir ? exp->opts->partitions_dir
+                       : exp->opts->mountpoint ? exp->opts->mountpoint
+                       : exp->image;
   struct stat *st = &exp->mnt_st;
   char proc[64];
   int r = resolve_unmounted(target, &exp->mountpoint);
@@ -314,11 +374,8 @@ resolve_mountpoint(struct export *exp)
     fde_error("%s: %s", target, strerror(errno));
     return errno == ENOENT ? EXIT_IMAGE : EXIT_FAIL;
   }
-  if (!S_ISREG(st->st_mode)) {
-    fde_error("%s: %s", target, S_ISDIR(st->st_mode) ? "is a directory"
-              : "not a regular file");
-    return EXIT_IMAGE;
-  }
+  if ((r = check_mountpoint_type(exp, target)) != 0)
+    return r;
   const char *pseudo = pseudo_fs_of(exp->mnt_pfd);
   if (pseudo != NULL) {
     fde_error("%s: is on %s, a kernel pseudo file system; refusing to "
@@ -341,7 +398,7 @@ resolve_mountpoint(struct export *exp)
 static int
 check_same_file(struct export *exp)
 {
-  if (exp->opts->mountpoint != NULL
+  if (exp->opts->mountpoint != NULL || exp->opts->partitions_dir != NULL
       || (exp->image_st.st_dev == exp->mnt_st.st_dev
           && exp->image_st.st_ino == exp->mnt_st.st_ino))
     return 0;
@@ -434,7 +491,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   if ((r = add_layers(exp, probed_raw)) != 0)
     goto out;
   exp->mode = exp->disk->read_only ? 0400 : 0600;
-  r = 0;
+  r = view_files_open(exp);
 out:
   if (fd != -1)
     close(fd);
@@ -442,7 +499,8 @@ out:
   return r;
 }
 
-/* Print what --probe shows. */
+/* Print what --probe shows.  0, or -1 if part of the disk could not be
+ * read (said on its line and logged). */
 int
 export_describe(struct export *exp, FILE *out)
 {
@@ -455,12 +513,10 @@ export_describe(struct export *exp, FILE *out)
           (unsigned long long) d->format->allocated_bytes(d));
   fprintf(out, "writable: %s\n", d->read_only ? "no" : "yes");
   d->format->describe(d, out);
-  /* Through the descriptor opened at the start (claim_fd shares the
-   * image's open file), never the name: once mounted, the name is the view
-   * itself, and a name looked up again may be another file. */
-  if (fde_disk_bottom(d)->format == &fde_format_raw && exp->claim_fd != -1)
-    probe_describe_raw(exp->claim_fd, out);
-  return 0;
+  /* What is inside the disk the view shows (the window's contents with
+   * --partition), read through the disk itself: never the image file's
+   * bytes, which are not the disk's for qcow2, nor the view's mount. */
+  return probe_describe_disk(d, exp->image, out);
 }
 
 /* May this user pass allow_other?  Root may; others need user_allow_other
@@ -915,6 +971,7 @@ export_close(struct export *exp)
   if (exp->disk != NULL) {
     if (!exp->final_flushed)
       r = export_flush(exp);
+    view_files_close(exp);      /* the partitions' windows first */
     fde_disk_close(exp->disk);
     exp->disk = NULL;
   }

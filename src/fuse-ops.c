@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
  * Copyright (C) 2026 The fuse-disk-export authors */
-/* fuse-disk-export: the FUSE low-level operations of a single-file
- * filesystem whose root is the raw view of one disk: a backend, or the
- * top of a stack of layers (formats/layer.h: a partition window, the
- * sector-0 guard), served alike.  Every handler replies exactly once;
- * backend errors (negative errno) are converted here and nowhere else. */
+/* fuse-disk-export: the FUSE low-level operations.  Each file shows one
+ * disk: a backend, or the top of a stack of layers (formats/layer.h: a
+ * partition window, the sector-0 guard), served alike.  The root of the
+ * mount is either that file (the single-file view) or a directory whose
+ * files all show the same disk, whole or one partition each (-P, see
+ * view-files.c); the per-file operations are the same for both, on "the
+ * file behind this inode".  Every handler replies exactly once; backend
+ * errors (negative errno) are converted here and nowhere else. */
 #include <config.h>
 
 #include <errno.h>
@@ -16,8 +19,12 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "layer.h"
 
-#define ATTR_TIMEOUT 1.0
+#define ATTR_TIMEOUT 1.0        /* the root: the single file, or the -P dir */
+/* The -P directory's files: 0 s, so that sizes and existence follow the
+ * partition table at once. */
+#define DIR_FILE_TIMEOUT 0.0
 #define MAX_REQUEST (1u << 20)  /* max_read and max_write */
 #define MAX_SPLICE_BUFS 16      /* pieces in one spliced read reply */
 #define SPLICE_MIN_PAGE 4096    /* libfuse copies replies under two pages */
@@ -35,25 +42,54 @@ min_u64(uint64_t a, uint64_t b)
   return a < b ? a : b;
 }
 
+/* What stat shows of f: a file's size is its disk's, its blocks the
+ * disk's allocation; the -P directory (disk NULL) is a directory. */
 static void
-fill_stat(struct export *exp, struct stat *st)
+fill_stat(struct export *exp, struct view_file *f, struct stat *st)
 {
-  struct fde_disk *d = exp->disk;
+  struct fde_disk *d = f->disk;
 
   memset(st, 0, sizeof *st);
-  st->st_ino = FUSE_ROOT_ID;
-  st->st_nlink = 1;
-  st->st_size = (off_t) d->size;
+  st->st_ino = f->ino;
+  st->st_nlink = d != NULL ? 1 : 2;
   st->st_blksize = 4096;
-  st->st_blocks = (blkcnt_t) (d->format->allocated_bytes(d) / 512);
+  if (d != NULL) {
+    st->st_size = (off_t) fde_disk_size(d);
+    st->st_blocks = (blkcnt_t) (d->format->allocated_bytes(d) / 512);
+  }
   pthread_mutex_lock(&exp->attr_lock);
-  st->st_mode = S_IFREG | exp->mode;
-  st->st_uid = exp->image_st.st_uid;
-  st->st_gid = exp->image_st.st_gid;
-  st->st_atim = exp->image_st.st_atim;
-  st->st_mtim = exp->image_st.st_mtim;
-  st->st_ctim = exp->image_st.st_ctim;
+  st->st_mode = (d != NULL ? S_IFREG : S_IFDIR) | f->mode;
+  st->st_uid = f->uid;
+  st->st_gid = f->gid;
+  st->st_atim = f->atim;
+  st->st_mtim = f->mtim;
+  st->st_ctim = f->ctim;
   pthread_mutex_unlock(&exp->attr_lock);
+}
+
+/* How long the kernel may keep f's attributes (and a file's name). */
+static double
+attr_timeout(struct export *exp, const struct view_file *f)
+{
+  return exp->dir != NULL && f->disk != NULL ? DIR_FILE_TIMEOUT
+                                             : ATTR_TIMEOUT;
+}
+
+/* The file (not the -P directory) behind inode ino, for a request on it;
+ * NULL after replying ENOENT (no such inode: the kernel never asks for
+ * one), EISDIR (the directory) or EIO (its partition moved or was
+ * removed from the table). */
+static struct view_file *
+file_or_reply(fuse_req_t req, fuse_ino_t ino)
+{
+  struct view_file *f = view_file_of(export_of(req), ino);
+  int err = f == NULL ? ENOENT : f->disk == NULL ? EISDIR
+            : view_file_gone(f) ? EIO : 0;
+
+  if (err == 0)
+    return f;
+  fuse_reply_err(req, err);
+  return NULL;
 }
 
 /* The largest read reply libfuse can splice.  It sizes each worker's pipe
@@ -124,26 +160,50 @@ fde_init(void *userdata, struct fuse_conn_info *conn)
   pthread_mutex_unlock(&exp->init_lock);
 }
 
-/** The root is a file: there is nothing to look up. */
+/** A name in the -P directory: the file it names now (a new inode once
+ * the table moved its partition); the single-file root has none. */
 static void
 fde_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-  fuse_reply_err(req, ENOTDIR);
+  struct export *exp = export_of(req);
+  struct fuse_entry_param e;
+  struct view_file *f;
+
+  if (exp->dir == NULL || parent != FUSE_ROOT_ID) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  if ((f = view_file_named(exp, name)) == NULL) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  memset(&e, 0, sizeof e);
+  e.ino = f->ino;               /* never reused: generation 0 will do */
+  e.attr_timeout = e.entry_timeout = DIR_FILE_TIMEOUT;
+  fill_stat(exp, f, &e.attr);
+  fuse_reply_entry(req, &e);
 }
 
-/** Size = virtual size; blocks = host allocation; the image's owner. */
+/** A file: size = virtual size, blocks = allocation; the image's owner. */
 static void
 fde_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+  struct export *exp = export_of(req);
+  struct view_file *f = view_file_of(exp, ino);
   struct stat st;
 
-  fill_stat(export_of(req), &st);
-  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+  if (f == NULL || view_file_gone(f)) {
+    fuse_reply_err(req, f == NULL ? ENOENT : EIO);
+    return;
+  }
+  fill_stat(exp, f, &st);
+  fuse_reply_attr(req, &st, attr_timeout(exp, f));
 }
 
-/* Apply chmod/chown/utimens in memory; 0 or an errno. */
+/* Apply chmod/chown/utimens to f in memory; 0 or an errno. */
 static int
-apply_attrs(fuse_req_t req, struct export *exp, struct stat *attr, int to_set)
+apply_attrs(fuse_req_t req, struct export *exp, struct view_file *f,
+            struct stat *attr, int to_set)
 {
   if ((to_set & FUSE_SET_ATTR_MODE) && exp->disk->read_only
       && (attr->st_mode & 0222))
@@ -153,47 +213,52 @@ apply_attrs(fuse_req_t req, struct export *exp, struct stat *attr, int to_set)
     return EPERM;
   pthread_mutex_lock(&exp->attr_lock);
   if (to_set & FUSE_SET_ATTR_MODE)
-    exp->mode = attr->st_mode & 07777;
+    f->mode = attr->st_mode & 07777;
   if (to_set & FUSE_SET_ATTR_UID)
-    exp->image_st.st_uid = attr->st_uid;
+    f->uid = attr->st_uid;
   if (to_set & FUSE_SET_ATTR_GID)
-    exp->image_st.st_gid = attr->st_gid;
+    f->gid = attr->st_gid;
   if (to_set & FUSE_SET_ATTR_ATIME)
-    exp->image_st.st_atim = attr->st_atim;
+    f->atim = attr->st_atim;
   if (to_set & FUSE_SET_ATTR_MTIME)
-    exp->image_st.st_mtim = attr->st_mtim;
+    f->mtim = attr->st_mtim;
   if (to_set & (FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW)) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     if (to_set & FUSE_SET_ATTR_ATIME_NOW)
-      exp->image_st.st_atim = now;
+      f->atim = now;
     if (to_set & FUSE_SET_ATTR_MTIME_NOW)
-      exp->image_st.st_mtim = now;
+      f->mtim = now;
   }
   pthread_mutex_unlock(&exp->attr_lock);
   return 0;
 }
 
-/** The disk has a fixed size: truncating to any other size is refused. */
+/** A disk has a fixed size: truncating to any other size is refused. */
 static void
 fde_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
             struct fuse_file_info *fi)
 {
   struct export *exp = export_of(req);
+  struct view_file *f = view_file_of(exp, ino);
   struct stat st;
   int err = 0;
 
-  if ((to_set & FUSE_SET_ATTR_SIZE)
-      && (uint64_t) attr->st_size != exp->disk->size)
+  if (f == NULL || view_file_gone(f))
+    err = f == NULL ? ENOENT : EIO;
+  else if ((to_set & FUSE_SET_ATTR_SIZE) && f->disk == NULL)
+    err = EISDIR;
+  else if ((to_set & FUSE_SET_ATTR_SIZE)
+           && (uint64_t) attr->st_size != fde_disk_size(f->disk))
     err = exp->disk->read_only ? EROFS : EPERM;
   if (err == 0)
-    err = apply_attrs(req, exp, attr, to_set);
+    err = apply_attrs(req, exp, f, attr, to_set);
   if (err != 0) {
     fuse_reply_err(req, err);
     return;
   }
-  fill_stat(exp, &st);
-  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+  fill_stat(exp, f, &st);
+  fuse_reply_attr(req, &st, attr_timeout(exp, f));
 }
 
 /* One file of the view fewer is open; wake export_quiesce at zero. */
@@ -207,22 +272,37 @@ open_file_gone(struct export *exp)
 }
 
 /** Writing is refused on a read-only export.  O_TRUNC is ignored, as a
- * block device ignores it: the disk keeps its size and contents.  The page
- * cache is kept across opens: this mount is the only way to the data, and
- * the kernel drops cached pages itself on writes, punches and zeroing.
- * Open files are counted, and refused (EBUSY) once the revert has begun
- * (export_quiesce). */
+ * block device ignores it: the disk keeps its size and contents.  In the
+ * single-file view the page cache is kept across opens: this mount is the
+ * only way to the data, and the kernel drops cached pages itself on
+ * writes, punches and zeroing.  In the -P directory every file shows the
+ * same bytes, and a write through one would leave the others' cached
+ * pages stale: every file there is opened with direct_io (no page cache).
+ * A file whose partition moved is refused with ESTALE, which makes the
+ * kernel look the name up again.  Open files are counted, and refused
+ * (EBUSY) once the revert has begun (export_quiesce). */
 static void
 fde_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   struct export *exp = export_of(req);
+  struct view_file *f = view_file_of(exp, ino);
   bool reverting;
 
-  if ((fi->flags & O_ACCMODE) != O_RDONLY && exp->disk->read_only) {
+  if (f == NULL || f->disk == NULL || view_file_gone(f)) {
+    fuse_reply_err(req, f == NULL ? ENOENT : f->disk == NULL ? EISDIR
+                   : ESTALE);
+    return;
+  }
+  if ((fi->flags & O_ACCMODE) != O_RDONLY && f->disk->read_only) {
     fuse_reply_err(req, EROFS);
     return;
   }
-  fi->keep_cache = 1;
+  if (exp->dir != NULL) {
+    fi->direct_io = 1;
+    fi->keep_cache = 0;
+  }
+  else
+    fi->keep_cache = 1;
   /* A reader's close needs no FLUSH round trip: nothing to flush.  The
    * kernel's FLUSH request carries no open flags (libfuse passes 0), so
    * the access mode travels in fh: 1 for a descriptor that may write. */
@@ -313,14 +393,13 @@ add_piece(struct fde_disk *d, struct read_reply *rep, char *buf, size_t at,
   return 0;
 }
 
-/* Answer a read with splice where the backend allows it; reads too small
- * to gain (libfuse copies those anyway) or too large for the pipe are
- * copied through buf. */
+/* Answer a read of d with splice where the backend allows it; reads too
+ * small to gain (libfuse copies those anyway) or too large for the pipe
+ * are copied through buf. */
 static void
-reply_read(fuse_req_t req, struct export *exp, char *buf, size_t size,
-           uint64_t off)
+reply_read(fuse_req_t req, struct export *exp, struct fde_disk *d, char *buf,
+           size_t size, uint64_t off)
 {
-  struct fde_disk *d = exp->disk;
   struct read_reply rep = { .vec = FUSE_BUFVEC_INIT(0) };
   size_t at = 0, run;
   unsigned token = 0;
@@ -358,10 +437,13 @@ static void
 fde_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
          struct fuse_file_info *fi)
 {
-  struct export *exp = export_of(req);
-  uint64_t disk_size = exp->disk->size;
+  struct view_file *f = file_or_reply(req, ino);
+  uint64_t disk_size;
   char *buf = get_worker_buf();
 
+  if (f == NULL)
+    return;
+  disk_size = fde_disk_size(f->disk);
   if (off < 0 || (uint64_t) off >= disk_size) {
     fuse_reply_buf(req, NULL, 0);
     return;
@@ -371,16 +453,20 @@ fde_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     fuse_reply_err(req, buf == NULL ? ENOMEM : EINVAL);
     return;
   }
-  reply_read(req, exp, buf, size, (uint64_t) off);
+  reply_read(req, export_of(req), f->disk, buf, size, (uint64_t) off);
 }
 
-/* Write (buf) or zero (buf NULL) [off, off+len) on the disk. */
+/* Write (buf) or zero (buf NULL) [off, off+len) on f's disk.  A write
+ * through the -P directory's "disk" may change the partition table: the
+ * next flush or fsync of "disk" reads it again. */
 static int
-update(struct export *exp, const void *buf, uint64_t len, uint64_t off,
-       bool punch)
+update(struct export *exp, struct view_file *f, const void *buf,
+       uint64_t len, uint64_t off, bool punch)
 {
-  struct fde_disk *d = exp->disk;
+  struct fde_disk *d = f->disk;
 
+  if (f->whole)
+    view_files_written(exp);
   if (buf != NULL)
     return d->format->pwrite(d, buf, (size_t) len, off);
   return d->format->zero(d, off, len, punch);
@@ -391,14 +477,17 @@ static void
 fde_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
           off_t off, struct fuse_file_info *fi)
 {
-  struct export *exp = export_of(req);
-  uint64_t disk_size = exp->disk->size;
+  struct view_file *f = file_or_reply(req, ino);
+  uint64_t disk_size;
   int r;
 
-  if (exp->disk->read_only) {
+  if (f == NULL)
+    return;
+  if (f->disk->read_only) {
     fuse_reply_err(req, EROFS);
     return;
   }
+  disk_size = fde_disk_size(f->disk);
   if (off < 0 || (uint64_t) off >= disk_size) {
     /* A write reply carries a count: an empty write succeeds with 0. */
     if (size == 0 && off >= 0)
@@ -408,19 +497,30 @@ fde_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     return;
   }
   size = (size_t) min_u64(size, disk_size - (uint64_t) off);
-  r = update(exp, buf, size, (uint64_t) off, false);
+  r = update(export_of(req), f, buf, size, (uint64_t) off, false);
   if (r < 0)
     fuse_reply_err(req, -r);
   else
     fuse_reply_write(req, size);
 }
 
+/* Flush f's disk (every file's: they share it); then, for the -P
+ * directory's "disk", read the partition table again if it was written
+ * to.  A file whose partition is gone still flushes (what it wrote went
+ * to the disk) but gets EIO.  0 or an errno. */
 static int
-flush_disk(struct export *exp)
+flush_file(fuse_req_t req, fuse_ino_t ino)
 {
-  if (exp->disk->read_only)
-    return 0;
-  return exp->disk->format->flush(exp->disk);
+  struct export *exp = export_of(req);
+  struct view_file *f = view_file_of(exp, ino);
+  int r;
+
+  if (f == NULL || f->disk == NULL)
+    return f == NULL ? ENOENT : EISDIR;
+  r = f->disk->read_only ? 0 : f->disk->format->flush(f->disk);
+  if (f->whole)
+    view_files_rescan(exp);     /* after a failed flush too */
+  return r < 0 ? -r : view_file_gone(f) ? EIO : 0;
 }
 
 /** close(): make the writes durable before the last close returns.  A
@@ -433,7 +533,7 @@ fde_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, 0);
     return;
   }
-  fuse_reply_err(req, -flush_disk(export_of(req)));
+  fuse_reply_err(req, flush_file(req, ino));
 }
 
 /** fsync/fdatasync: everything acknowledged reaches stable storage. */
@@ -441,7 +541,7 @@ static void
 fde_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
           struct fuse_file_info *fi)
 {
-  fuse_reply_err(req, -flush_disk(export_of(req)));
+  fuse_reply_err(req, flush_file(req, ino));
 }
 
 /** PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE: the range reads back as zeros. */
@@ -449,17 +549,20 @@ static void
 fde_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
               off_t length, struct fuse_file_info *fi)
 {
-  struct export *exp = export_of(req);
-  uint64_t size = exp->disk->size;
+  struct view_file *f = file_or_reply(req, ino);
   bool punch = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
   bool zero = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
+  uint64_t size;
   int r;
 
+  if (f == NULL)
+    return;
+  size = fde_disk_size(f->disk);
   if (!punch && !zero) {
     fuse_reply_err(req, EOPNOTSUPP);
     return;
   }
-  if (exp->disk->read_only) {
+  if (f->disk->read_only) {
     fuse_reply_err(req, EROFS);
     return;
   }
@@ -471,23 +574,25 @@ fde_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
     fuse_reply_err(req, 0);
     return;
   }
-  r = update(exp, NULL, min_u64((uint64_t) length, size - (uint64_t) off),
-             (uint64_t) off, punch);
+  r = update(export_of(req), f, NULL,
+             min_u64((uint64_t) length, size - (uint64_t) off), (uint64_t) off,
+             punch);
   fuse_reply_err(req, -r);
 }
 
-/* Is the run at off a hole (reads as zeros, nothing allocated)?  Stores
- * the run length.  0 or -errno. */
+/* Is the run at off of d (size bytes) a hole (reads as zeros, nothing
+ * allocated)?  Stores the run length.  0 or -errno. */
 static int
-hole_run(struct fde_disk *d, uint64_t off, bool *hole, uint64_t *run)
+hole_run(struct fde_disk *d, uint64_t size, uint64_t off, bool *hole,
+         uint64_t *run)
 {
   unsigned status;
-  int r = d->format->block_status(d, off, d->size - off, run, &status);
+  int r = d->format->block_status(d, off, size - off, run, &status);
 
   if (r < 0)
     return r;
   if (*run == 0)
-    *run = d->size - off;       /* a backend must advance; never loop */
+    *run = size - off;          /* a backend must advance; never loop */
   *hole = (status & FDE_BS_ZERO) || !(status & FDE_BS_DATA);
   return 0;
 }
@@ -497,20 +602,25 @@ static void
 fde_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
           struct fuse_file_info *fi)
 {
-  struct fde_disk *d = export_of(req)->disk;
-  uint64_t pos = (uint64_t) off, run;
+  struct view_file *f = file_or_reply(req, ino);
+  struct fde_disk *d;
+  uint64_t pos = (uint64_t) off, run, size;
   bool hole;
 
+  if (f == NULL)
+    return;
+  d = f->disk;
+  size = fde_disk_size(d);
   if (whence != SEEK_DATA && whence != SEEK_HOLE) {
     fuse_reply_err(req, EINVAL);
     return;
   }
-  if (off < 0 || pos >= d->size) {
+  if (off < 0 || pos >= size) {
     fuse_reply_err(req, ENXIO);
     return;
   }
-  while (pos < d->size) {
-    int r = hole_run(d, pos, &hole, &run);
+  while (pos < size) {
+    int r = hole_run(d, size, pos, &hole, &run);
     if (r < 0) {
       fuse_reply_err(req, -r);
       return;
@@ -522,12 +632,13 @@ fde_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
     pos += run;
   }
   if (whence == SEEK_HOLE)
-    fuse_reply_lseek(req, (off_t) d->size);
+    fuse_reply_lseek(req, (off_t) size);
   else
     fuse_reply_err(req, ENXIO);
 }
 
-/** df on the view: the disk's size, used = allocated. */
+/** df on the view: the disk's size, used = allocated (the whole disk's
+ * in the -P directory). */
 static void
 fde_statfs(fuse_req_t req, fuse_ino_t ino)
 {
@@ -545,9 +656,126 @@ fde_statfs(fuse_req_t req, fuse_ino_t ino)
   fuse_reply_statfs(req, &sv);
 }
 
+/* One entry of the -P directory into buf (size bytes, pos used): its
+ * offset is its key, which stays the same whatever the table does, so a
+ * listing read in several parts neither repeats nor skips a file that
+ * stays.  false when it does not fit. */
+static bool
+add_entry(fuse_req_t req, char *buf, size_t size, size_t *pos,
+          const char *name, fuse_ino_t ino, mode_t type, off_t key)
+{
+  struct stat st = { .st_ino = ino, .st_mode = type };
+  size_t n = fuse_add_direntry(req, buf + *pos, size - *pos, name, &st, key);
+
+  if (n > size - *pos)
+    return false;
+  *pos += n;
+  return true;
+}
+
+/** The -P directory: ".", "..", disk, then the partitions by number. */
+static void
+fde_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+            struct fuse_file_info *fi)
+{
+  struct export *exp = export_of(req);
+  struct view_file *files[VIEW_MAX_FILES];
+  size_t n, pos = 0;
+  char *buf;
+  bool fits = true;
+
+  if (exp->dir == NULL || ino != FUSE_ROOT_ID) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  if ((buf = malloc(size)) == NULL) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  /* keys: "." 1, ".." 2, disk 3, pN 3 + N */
+  if (off < 1)
+    fits = add_entry(req, buf, size, &pos, ".", FUSE_ROOT_ID, S_IFDIR, 1);
+  if (fits && off < 2)
+    fits = add_entry(req, buf, size, &pos, "..", FUSE_ROOT_ID, S_IFDIR, 2);
+  n = view_files_now(exp, files, VIEW_MAX_FILES);
+  for (size_t i = 0; fits && i < n; i++) {
+    off_t key = 3 + (off_t) files[i]->partno;
+    if (key > off)
+      fits = add_entry(req, buf, size, &pos, files[i]->name, files[i]->ino,
+                       S_IFREG, key);
+  }
+  fuse_reply_buf(req, buf, pos);
+  free(buf);
+}
+
+/** The -P directory's names are the table's: nothing is created, removed,
+ * renamed or linked there by hand ("Operation not permitted", as in a
+ * directory one may not write, rather than "Function not implemented"). */
+static void
+refuse_name(fuse_req_t req)
+{
+  fuse_reply_err(req, EPERM);
+}
+
+static void
+fde_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+          dev_t rdev)
+{
+  refuse_name(req);
+}
+
+static void
+fde_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+  refuse_name(req);
+}
+
+static void
+fde_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  refuse_name(req);
+}
+
+static void
+fde_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+            const char *name)
+{
+  refuse_name(req);
+}
+
+static void
+fde_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+           fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+  refuse_name(req);
+}
+
+static void
+fde_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+         const char *newname)
+{
+  refuse_name(req);
+}
+
+static void
+fde_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+           struct fuse_file_info *fi)
+{
+  refuse_name(req);
+}
+
 const struct fuse_lowlevel_ops fde_fuse_ops = {
   .init      = fde_init,
   .lookup    = fde_lookup,
+  .readdir   = fde_readdir,
+  .mknod     = fde_mknod,
+  .mkdir     = fde_mkdir,
+  .unlink    = fde_unlink,
+  .rmdir     = fde_unlink,
+  .symlink   = fde_symlink,
+  .rename    = fde_rename,
+  .link      = fde_link,
+  .create    = fde_create,
   .getattr   = fde_getattr,
   .setattr   = fde_setattr,
   .open      = fde_open,

@@ -41,6 +41,7 @@ struct options {
   bool no_splice;               /* --no-splice: reads copy through us */
   int verbose;                  /* -1 quiet, 0 normal, >0 verbose */
   unsigned partition;           /* --partition=N: 1.., 0 = whole disk */
+  const char *partitions_dir;   /* -P DIR: the directory view, or NULL */
   const char *stop_pid_file;    /* --stop: stop that daemon and exit */
   unsigned stop_timeout;        /* --stop-timeout, seconds; 0: no limit */
   char **images;
@@ -56,7 +57,33 @@ void log_message(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* probe.c: what a file holds, beyond the formats we serve. */
 const char *probe_unsupported(int fd, const uint8_t *buf, size_t len);
 bool probe_sector0_is_image(const uint8_t *sector, size_t len);
-void probe_describe_raw(int fd, FILE *out);
+int probe_describe_disk(struct fde_disk *disk, const char *image, FILE *out);
+
+/* One file the view shows: the whole disk or one partition of it.  The
+ * single-file view shows one, as the root of the mount (FUSE_ROOT_ID);
+ * the directory view (-P) holds several in its root, found by inode
+ * (view-files.c).  A file object lives until the export is closed, and
+ * its inode number is never given to another. */
+struct view_file {
+  fuse_ino_t ino;
+  struct fde_disk *disk;        /* what it shows: the export's disk, or a
+                                 * window on a partition (its size read
+                                 * with fde_disk_size: it may change) */
+  char name[8];                 /* "disk", "p1".."p256"; "" for the root */
+  unsigned partno;              /* 0: the whole disk */
+  uint64_t start;               /* the partition's first byte in the disk */
+  bool whole;                   /* the directory view's "disk": the table
+                                 * is read again after writes through it */
+  bool gone;                    /* (atomic) its partition moved or was
+                                 * removed: every operation fails, EIO */
+  /* what getattr shows and setattr changes (export.attr_lock) */
+  mode_t mode;                  /* permission bits */
+  uid_t uid;
+  gid_t gid;
+  struct timespec atim, mtim, ctim;
+};
+
+struct view_dir;                /* the directory view's files (view-files.c) */
 
 /* One image being exported. */
 struct export {
@@ -71,9 +98,13 @@ struct export {
                                  * how the mount table names our mount */
   struct fde_disk *disk;        /* what the view shows: the image's disk,
                                  * or layers over it (formats/layer.h) */
-  struct stat image_st;         /* owner and times shown by getattr */
-  mode_t mode;                  /* permission bits shown by getattr */
-  pthread_mutex_t attr_lock;    /* image_st and mode (setattr) */
+  struct stat image_st;         /* the image file's owner and times, the
+                                 * files' attributes at start */
+  mode_t mode;                  /* the files' permission bits at start */
+  struct view_file root;        /* the root: the single file, or (disk
+                                 * NULL) the directory of the -P view */
+  struct view_dir *dir;         /* the -P view's files; NULL: single file */
+  pthread_mutex_t attr_lock;    /* the files' attributes (setattr) */
   bool allow_other;
   struct fuse_session *se;
   pthread_t loop_thread;
@@ -110,6 +141,42 @@ int export_flush(struct export *exp);
 int export_quiesce(struct export *exp);
 int export_close(struct export *exp);
 int export_describe(struct export *exp, FILE *out);
+
+/* view-files.c: the files a view shows. */
+/* Set up the root (the single file, or the directory of -P with its
+ * files as the partition table says now); after the disk is open.  0 or
+ * an exit status, with a message. */
+int view_files_open(struct export *exp);
+/* The file whose inode is ino (the root, FUSE_ROOT_ID: the single file
+ * or the -P directory, whose disk is NULL), or NULL if none. */
+struct view_file *view_file_of(struct export *exp, fuse_ino_t ino);
+/* The file of the -P directory named name now, or NULL. */
+struct view_file *view_file_named(struct export *exp, const char *name);
+/* The files of the -P directory now, "disk" first, then the partitions
+ * by number: at most max stored in files; returns how many there are. */
+size_t view_files_now(struct export *exp, struct view_file **files,
+                      size_t max);
+#define VIEW_MAX_FILES 257      /* disk and 256 partitions */
+/* Has f's partition moved or been removed (-P)? */
+static inline bool
+view_file_gone(const struct view_file *f)
+{
+  return __atomic_load_n(&f->gone, __ATOMIC_ACQUIRE);
+}
+/* Something was written through the -P view's "disk": read the table
+ * again at the next view_files_rescan. */
+void view_files_written(struct export *exp);
+/* Read the partition table again if "disk" was written since the last
+ * time, and make the files follow it (-P; called after FLUSH and FSYNC
+ * of "disk").  Serialised; may run while other requests are served. */
+void view_files_rescan(struct export *exp);
+/* "disk, p1, p2" into out; the number of partitions. */
+unsigned view_files_names(struct export *exp, FILE *out);
+/* Log one line per file (-v). */
+void view_files_log(struct export *exp);
+/* Free every file object and close the partitions' windows (not the
+ * export's disk). */
+void view_files_close(struct export *exp);
 
 /* fuse-ops.c */
 extern const struct fuse_lowlevel_ops fde_fuse_ops;

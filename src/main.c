@@ -41,13 +41,16 @@ open_all(struct export *exps, const struct options *opts)
 static int
 probe_all(struct export *exps, const struct options *opts)
 {
+  int status = EXIT_OK;
+
   for (int i = 0; i < opts->nr_images; i++) {
     if (i > 0)
       putchar('\n');
-    export_describe(&exps[i], stdout);
+    if (export_describe(&exps[i], stdout) != 0)
+      status = EXIT_FAIL;       /* a read failed: said on stderr */
     export_close(&exps[i]);
   }
-  return fflush(stdout) == 0 ? EXIT_OK : EXIT_FAIL;
+  return fflush(stdout) == 0 ? status : EXIT_FAIL;
 }
 
 /* Revert every view, in the order that lets a script trust the path the
@@ -103,6 +106,7 @@ mount_all(struct export *exps, int n)
                (unsigned long long) exps[i].disk->size,
                exps[i].disk->read_only ? ", read-only" : "");
       export_describe(&exps[i], stderr);
+      view_files_log(&exps[i]);
     }
     if (export_mount(&exps[i]) == -1 || export_start_loop(&exps[i]) == -1
         || export_wait_live(&exps[i]) == -1)
@@ -145,6 +149,28 @@ wait_for_signal(const sigset_t *set, struct export *exps, int n)
   }
 }
 
+/* The -P view's part of the announcement: "the qcow2 image's disk and
+ * its 2 partitions shown in DIR (disk, p1, p2)". */
+static void
+announce_dir(FILE *f, struct export *exp)
+{
+  char *names = NULL;
+  size_t size = 0;
+  FILE *list = open_memstream(&names, &size);
+  unsigned n;
+
+  if (list == NULL)
+    return;
+  n = view_files_names(exp, list);
+  fclose(list);
+  fprintf(f, "the %s image's disk", exp->disk->format->name);
+  if (n > 0)
+    fprintf(f, " and its %u partition%s", n, n == 1 ? "" : "s");
+  fprintf(f, " shown%s in %s (%s)", exp->disk->read_only ? " read-only" : "",
+          exp->mountpoint, names);
+  free(names);
+}
+
 /* The one line a user at a terminal waits for: every view is live. */
 static void
 announce(struct export *exps, int n)
@@ -157,6 +183,10 @@ announce(struct export *exps, int n)
     return;
   for (int i = 0; i < n; i++) {
     fprintf(f, "%s%s: ", i ? "; " : "", exps[i].image);
+    if (exps[i].dir != NULL) {
+      announce_dir(f, &exps[i]);
+      continue;
+    }
     if (exps[i].opts->partition > 0)
       fprintf(f, "partition %u of the ", exps[i].opts->partition);
     fprintf(f, "%s image shown as a raw disk on %s%s",

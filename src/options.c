@@ -31,7 +31,7 @@ enum {
 #define MAX_STOP_TIMEOUT 2000000  /* poll(2) takes milliseconds in an int */
 #define MAX_PARTITION 1000000     /* far past any table we accept */
 
-static const char short_options[] = "dp:f:rm:nqvhV";
+static const char short_options[] = "dp:f:rm:P:nqvhV";
 static const struct option long_options[] = {
   { "daemonize",     no_argument,       NULL, 'd' },
   { "pid-file",      required_argument, NULL, 'p' },
@@ -42,6 +42,7 @@ static const struct option long_options[] = {
   { "probe",         no_argument,       NULL, 'n' },
   { "snapshot",      required_argument, NULL, SNAPSHOT_OPTION },
   { "partition",     required_argument, NULL, PARTITION_OPTION },
+  { "partitions",    required_argument, NULL, 'P' },
   { "cache-size",    required_argument, NULL, CACHE_SIZE_OPTION },
   { "decompressed-cache", required_argument, NULL, DECOMPRESSED_CACHE_OPTION },
   { "allow-block-device-backing", no_argument, NULL, ALLOW_BDEV_OPTION },
@@ -77,6 +78,12 @@ usage(void)
 "      --partition=N        show partition N of the disk instead of the whole\n"
 "                           disk (Linux numbering: MBR 1-4, logical from 5;\n"
 "                           GPT entries 1-128)\n"
+"  -P, --partitions=DIR     mount a directory on DIR (an existing empty\n"
+"                           directory) instead: the file 'disk' is the whole\n"
+"                           disk, p1, p2, ... its partitions, which follow\n"
+"                           the table when it is changed through 'disk';\n"
+"                           one image only (with -n: DIR is checked, nothing\n"
+"                           is mounted)\n"
 "      --cache-size=BYTES   qcow2 metadata cache budget per qcow2 layer\n"
 "                           (K, M, G)\n"
 "      --decompressed-cache=BYTES\n"
@@ -175,6 +182,7 @@ apply_option(int c, struct options *o)
     else return usage_error("--allow-other takes auto, on or off", optarg);
     break;
   case 'm': o->mountpoint = optarg; break;
+  case 'P': o->partitions_dir = optarg; break;
   case 'n': o->probe_only = true; break;
   case SNAPSHOT_OPTION: o->snapshot = optarg; o->read_only = true; break;
   case CACHE_SIZE_OPTION:
@@ -245,6 +253,16 @@ parse_options(int argc, char **argv, struct options *opts)
     return usage_error("no image given", NULL);
   if (opts->mountpoint != NULL && opts->nr_images != 1)
     return usage_error("--mountpoint works with one image only", NULL);
+  if (opts->partitions_dir != NULL) {
+    if (opts->mountpoint != NULL)
+      return usage_error("--partitions and --mountpoint do not go together: "
+                         "the view goes on DIR", NULL);
+    if (opts->partition != 0)
+      return usage_error("--partitions and --partition do not go together: "
+                         "DIR shows every partition", NULL);
+    if (opts->nr_images != 1)
+      return usage_error("--partitions works with one image only", NULL);
+  }
   if (opts->probe_only && (opts->daemonize || opts->pid_file != NULL))
     return usage_error("--probe does not mount: drop -d and -p", NULL);
   return 0;

@@ -445,7 +445,11 @@ requires_python() { requires "$PYTHON"; }
 undo_stacked_on_views() {
   [ -n "${WORK:-}" ] || return 0
   local m dev back keep="fuse.fuse-disk-export $*"
-  for m in $(awk -v w="$WORK/" -v keep=" $keep " 'index($5, w) == 1 && index(keep, " " $9 " ") == 0 { print $5 }' /proc/self/mountinfo | sort -r); do
+  # the type is the field after "-", which follows a variable number of
+  # optional fields (none at all in a private mount namespace)
+  for m in $(awk -v w="$WORK/" -v keep=" $keep " '
+      { for (i = 7; i < NF && $i != "-"; i++) ; type = $(i + 1) }
+      index($5, w) == 1 && index(keep, " " type " ") == 0 { print $5 }' /proc/self/mountinfo | sort -r); do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
   done
   command -v losetup >/dev/null 2>&1 || return 0

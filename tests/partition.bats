@@ -197,11 +197,12 @@ print(d, h, nxt, os.lseek(fd, 0, os.SEEK_HOLE))' disk.img
 }
 
 # refused IMAGE N MESSAGE: --partition=N of IMAGE exits 3 with one line
-# naming the image, the partition and MESSAGE, and mounts nothing.
+# naming the image, the partition and MESSAGE, and mounts nothing.  (-d: a
+# view wrongly accepted is a daemon that teardown ends, not a hang.)
 refused() {
   local before
   before=$(sha "$1")
-  run "$FDE" --partition="$2" "$1"
+  run "$FDE" -d -p "$WORK/refused.pid" --partition="$2" "$1"
   assert_failure 3
   assert_output --partial "$1: partition $2: $3"
   [ "${#lines[@]}" = 1 ] || fail "more than one line: $output"
@@ -233,15 +234,24 @@ le32() { printf '%02x%02x%02x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 
   poke far.img $((446 + 16 + 4)) 83
   poke far.img $((446 + 16 + 8)) "$(le32 1000000)$(le32 2048)"
   refused far.img 2 "it starts past the end of the disk"
-  # overlapping entries are no reason to refuse a valid one
+  # overlapping entries: the earlier one is shown, the later refused (two
+  # windows on the same sectors are two writers of one file system)
   truncate -s 16M overlap.img
   printf 'label: dos\nstart=2048, size=8192, type=83\n' | sfdisk --quiet overlap.img >/dev/null
   poke overlap.img $((446 + 16 + 4)) 83
   poke overlap.img $((446 + 16 + 8)) "$(le32 4096)$(le32 8192)"
+  refused overlap.img 2 "it overlaps an earlier partition of the table"
+  run "$FDE" -n --partition=1 overlap.img
+  assert_success
+  assert_output --partial "partition-start: $((2048 * 512))"
+  assert_output --partial "partition-size: $((8192 * 512))"
+  # ...unless the earlier one is itself refused (past the disk's end)
+  poke overlap.img $((446 + 4)) 83
+  poke overlap.img $((446 + 8)) "$(le32 2048)$(le32 100000)"
+  refused overlap.img 1 "it ends past the end of the disk"
   run "$FDE" -n --partition=2 overlap.img
   assert_success
   assert_output --partial "partition-start: $((4096 * 512))"
-  assert_output --partial "partition-size: $((8192 * 512))"
   # the extended partition itself, a missing one, no table at all
   make_mbr mbr.img
   refused mbr.img 4 "it is an extended partition"
@@ -250,7 +260,7 @@ le32() { printf '%02x%02x%02x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 
   refused blank.img 1 "libblkid finds no partition table"
 }
 
-@test "an EBR chain that loops, and one hundreds deep, are refused" {
+@test "EBR chains that loop or run thousands deep: the first 256 entries only" {
   # two logical partitions, the second EBR linking back to the first:
   # libblkid stops at the loop; what lies beyond it is refused
   truncate -s 64M loop.img
@@ -264,13 +274,56 @@ le32() { printf '%02x%02x%02x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 
   assert_success
   assert_output --partial "partition-start: $((16384 * 512))"
   refused loop.img 7 "no such partition (dos partition table)"
-  # a chain of 300 logical partitions (sfdisk stops at 60: written
-  # here), more than Linux numbers
-  truncate -s 64M deep.img
-  "$PYTHON" - deep.img 300 <<'PY'
+  # chains of 300 and 3000 logical partitions (sfdisk stops at 60: written
+  # here), more than Linux numbers: as Linux does, the entries from the
+  # 257th on are refused, the ones before are shown
+  deep_chain deep.img 300 64
+  run "$FDE" -n --partition=5 deep.img
+  assert_success
+  assert_output --partial "partition-start: $(((2048 + 32) * 512))"
+  assert_output --partial "partition-size: $((32 * 512))"
+  run "$FDE" -n --partition=256 deep.img
+  assert_success
+  assert_output --partial "partition-start: $(((2048 + 64 * 251 + 32) * 512))"
+  refused deep.img 257 "its number is out of range"
+  refused deep.img 260 "the table holds more than 256 partitions"
+  deep_chain deeper.img 3000 2
+  run "$FDE" -n --partition=200 deeper.img
+  assert_success
+  assert_output --partial "partition-start: $(((2048 + 2 * 195 + 1) * 512))"
+  refused deeper.img 1000 "the table holds more than 256 partitions"
+  # (past the 1024th EBR the chain is not followed: no such partition)
+  run "$FDE" --partition=3004 deeper.img
+  assert_failure 3
+  assert_output --partial "deeper.img: partition 3004: "
+  [ "${#lines[@]}" = 1 ] || fail "more than one line: $output"
+  nothing_mounted
+}
+
+@test "a GPT of 300 entries: the first 256 are shown, the rest refused" {
+  truncate -s 64M gpt300.img
+  { printf 'label: gpt\ntable-length: 300\n'
+    for i in $(seq 0 299); do echo "start=$((2048 + 64 * i)), size=64"; done
+  } | sfdisk --quiet gpt300.img >/dev/null
+  for n in 1 256; do
+    run "$FDE" -n --partition="$n" gpt300.img
+    assert_success
+    assert_output --partial "partition-start: $(((2048 + 64 * (n - 1)) * 512))"
+  done
+  refused gpt300.img 257 "the table holds more than 256 partitions"
+  refused gpt300.img 300 "the table holds more than 256 partitions"
+  refused gpt300.img 301 "no such partition (gpt partition table)"
+}
+
+# deep_chain FILE N STEP: a 64 MiB disk whose extended partition (at
+# sector 2048) holds a chain of N EBRs, STEP sectors apart, each followed
+# by its logical partition of STEP / 2 sectors at STEP / 2 sectors from it.
+deep_chain() {
+  truncate -s 64M "$1"
+  "$PYTHON" - "$1" "$2" "$3" <<'PY'
 import struct, sys
-path, n = sys.argv[1], int(sys.argv[2])
-ext, step = 2048, 64
+path, n, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ext = 2048
 def entry(kind, start, size):
     return struct.pack('<B3sB3sII', 0, bytes(3), kind, bytes(3), start, size)
 with open(path, 'r+b') as f:
@@ -280,14 +333,13 @@ with open(path, 'r+b') as f:
     f.write(mbr)
     for i in range(n):
         ebr = bytearray(512)
-        ebr[446:462] = entry(0x83, 32, 32)
+        ebr[446:462] = entry(0x83, step // 2, step // 2)
         if i + 1 < n:
             ebr[462:478] = entry(0x05, step * (i + 1), step)
         ebr[510:512] = b'\x55\xaa'
         f.seek((ext + step * i) * 512)
         f.write(ebr)
 PY
-  refused deep.img 5 "the table holds more than 256 partitions"
 }
 
 @test "a GPT whose headers fail their CRC checks: libblkid's verdict stands" {
@@ -302,6 +354,15 @@ PY
   # both bad: no table is accepted (the protective MBR is not one)
   poke gpt.img $(( (131072 - 1) * 512 + 16)) 00000000
   refused gpt.img 2 "libblkid finds no partition table it accepts"
+  # good headers over an entry array that fails its CRC: the same
+  make_gpt gpt.img
+  poke gpt.img $((1024 + 32)) 01
+  poke gpt.img $(( (131072 - 33) * 512 + 32)) 01
+  refused gpt.img 1 "libblkid finds no partition table it accepts"
+  # a protective MBR with no GPT behind it
+  truncate -s 16M pmbr.img
+  printf 'label: dos\nstart=1, type=ee\n' | sfdisk --quiet pmbr.img >/dev/null
+  refused pmbr.img 1 "libblkid finds no partition table it accepts"
 }
 
 @test "--partition works with --probe, and takes numbers from 1 only" {

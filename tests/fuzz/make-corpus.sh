@@ -1,15 +1,17 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Copyright (C) 2026 The fuse-disk-export authors
-# Make the seed corpus for the qcow2 fuzzers: small images made by
-# qemu-img/qemu-io that together reach every feature the reader handles.
+# Make the seed corpus for the fuzzers: small images made by qemu-img/qemu-io
+# that together reach every feature the qcow2 reader handles, and partition
+# tables (*.part) for fuzz-partition.
 #
 # Usage: make-corpus.sh OUTDIR
 #
 # Seeds are under 300 KiB, except the three 64 KiB-cluster images that hold
 # data (about 320 KiB: header, reftable, refblock, L1, L2 and data are one
 # cluster each, the last one cut short); most seeds use 512 B .. 16 KiB
-# clusters.
+# clusters.  Partition seeds are 128 KiB .. 512 KiB, except the 2000-deep
+# EBR chain (1 MiB, the harnesses' -max_len).
 # Needs qemu-img and qemu-io; exits 77 (automake's "skipped") without them.
 set -eu
 
@@ -135,9 +137,9 @@ try mk bitmap 256K cluster_size=4096
 
 # Partition tables for fuzz-partition (made by sfdisk when it is there):
 # an MBR with three primaries and three logical partitions, and a GPT with
-# entries 1, 2 and 128, on 1 MiB disks.
+# entries 1, 2 and 128, on 256 KiB disks.
 if command -v sfdisk >/dev/null 2>&1; then
-  truncate -s 1M mbr.part gpt.part
+  truncate -s 256K mbr.part gpt.part
   printf '%s\n' 'label: dos' 'start=8, size=64' 'start=72, size=64' \
     'start=136, size=64' 'start=200, type=5' 'start=208, size=64' \
     'start=280, size=64' 'start=352, size=64' |
@@ -147,7 +149,203 @@ if command -v sfdisk >/dev/null 2>&1; then
     try sfdisk --quiet gpt.part
 fi
 
-for f in *.qcow2 *.part; do
+# Hostile tables (issue 11, item 3), written byte by byte since no tool
+# makes them: EBR chains that loop or run 2000 deep, GPTs of 128 and 300
+# entries, bad header and entry-array CRCs, entries past the end, repeated,
+# overlapping or ending before they start, a protective MBR alone, and a
+# BSD disklabel nested in a FreeBSD slice (libblkid reads nested labels
+# only on disks of 1440 KiB or more: the harness adds the zeros).
+if command -v python3 >/dev/null 2>&1; then
+  python3 - . <<'EOF'
+import os, struct, sys, uuid, zlib
+S = 512
+out = sys.argv[1]
+
+def img(sectors):
+    return bytearray(sectors * S)
+
+def mbr_entry(b, base, i, typ, start, size, boot=0):
+    o = base + 446 + 16 * i
+    b[o] = boot
+    b[o + 4] = typ
+    struct.pack_into('<II', b, o + 8, start, size)
+    struct.pack_into('<H', b, base + 510, 0xaa55)
+
+def save(name, b):
+    open(os.path.join(out, name), 'wb').write(b)
+
+# GPT: entries [(number, first, last)], n entries in the array
+def gpt(sectors, entries, n=128, bad_hdr=False, bad_backup=False,
+        bad_entries=False, pmbr=True):
+    b = img(sectors)
+    last = sectors - 1
+    if pmbr:
+        mbr_entry(b, 0, 0, 0xee, 1, min(sectors - 1, 0xffffffff))
+    esz = 128
+    esec = (n * esz + S - 1) // S
+    arr = bytearray(esec * S)
+    for num, first, lastlba in entries:
+        o = (num - 1) * esz
+        arr[o:o + 16] = uuid.UUID('0fc63daf-8483-4772-8e79-3d69d8477de4').bytes_le
+        arr[o + 16:o + 32] = uuid.UUID(int=num).bytes_le
+        struct.pack_into('<QQ', arr, o + 32, first, lastlba)
+        name = ('p%d' % num).encode('utf-16-le')
+        arr[o + 56:o + 56 + len(name)] = name
+    ecrc = zlib.crc32(bytes(arr[:n * esz]))
+    def header(my, alt, elba, bad):
+        h = bytearray(S)
+        struct.pack_into('<8sIII I QQQQ 16s QIII', h, 0, b'EFI PART', 0x10000,
+                         92, 0, 0, my, alt, 2 + esec, last - 1 - esec,
+                         uuid.UUID(int=0x1234).bytes_le, elba, n, esz,
+                         ecrc ^ (1 if bad_entries else 0))
+        crc = zlib.crc32(bytes(h[:92]))
+        struct.pack_into('<I', h, 16, crc ^ (1 if bad else 0))
+        return h
+    b[S:2 * S] = header(1, last, 2, bad_hdr)
+    b[2 * S:2 * S + len(arr)] = arr
+    b[(last - esec) * S:last * S] = arr
+    b[last * S:] = header(last, 1, last - esec, bad_backup)
+    return b
+
+# MBR with primaries 1-3 and an extended 4 holding logicals chained by EBRs
+# at ebrs (absolute sectors); each EBR: logical (start rel, size), next rel
+def mbr_ext(sectors, primaries, ext, chain):
+    b = img(sectors)
+    for i, (t, s, n) in enumerate(primaries):
+        mbr_entry(b, 0, i, t, s, n)
+    ext_start, ext_size = ext
+    mbr_entry(b, 0, 3, 0x05, ext_start, ext_size)
+    for ebr, logical, nxt in chain:
+        if logical:
+            mbr_entry(b, ebr * S, 0, 0x83, logical[0], logical[1])
+        if nxt is not None:
+            mbr_entry(b, ebr * S, 1, 0x05, nxt[0], nxt[1])
+        struct.pack_into('<H', b, ebr * S + 510, 0xaa55)
+    return b
+
+# looping chains: 100 -> 120 -> 140 -> 120 ...; and one EBR linking to itself
+save('ebr-loop.part', mbr_ext(512, [(0x83, 8, 64)], (100, 400), [
+    (100, (1, 10), (20, 20)), (120, (1, 10), (40, 20)), (140, (1, 10), (20, 20))]))
+save('ebr-self-loop.part', mbr_ext(512, [], (100, 400), [
+    (100, (1, 10), (20, 20)), (120, (1, 10), (20, 20))]))
+# a loop back to the first EBR at a different logical offset each time
+save('ebr-loop-first.part', mbr_ext(512, [], (100, 400), [
+    (100, (2, 5), (30, 40)), (130, (3, 5), (0x0, 40))]))
+
+# thousands deep: EBR k at 34+k, its logical at 34+k+1 (one sector each)
+deep = 2000
+chain = [(34 + k, (1, 1), (k + 1, 2) if k + 1 < deep else None) for k in range(deep)]
+save('ebr-deep.part', mbr_ext(2048, [], (34, 2048 - 34), chain))
+
+# GPT: 128 entries all used; 300 entries (more than Linux's 256)
+save('gpt-128.part', gpt(512, [(i, 40 + 2 * i, 40 + 2 * i) for i in range(1, 129)]))
+n300 = 300
+save('gpt-300.part', gpt(1024, [(i, 100 + 2 * i, 100 + 2 * i) for i in range(1, n300 + 1)], n=n300))
+# CRCs: primary header bad (backup good), both headers bad, entries bad
+few = [(1, 40, 103), (2, 104, 167), (128, 168, 231)]
+save('gpt-badcrc-primary.part', gpt(512, few, bad_hdr=True))
+save('gpt-badcrc-both.part', gpt(512, few, bad_hdr=True, bad_backup=True))
+save('gpt-badcrc-entries.part', gpt(512, few, bad_entries=True))
+# entries past the end, overlapping each other, last < first
+save('gpt-hostile.part', gpt(512, [(1, 40, 103), (2, 80, 120), (3, 500, 600),
+                                   (4, 200, 150), (5, 40, 103), (6, 480, 511)]))
+
+# protective MBR only: no GPT header behind it
+b = img(256)
+mbr_entry(b, 0, 0, 0xee, 1, 255)
+save('pmbr-only.part', b)
+
+# MBR entries past the end of the disk and overlapping
+b = img(256)
+mbr_entry(b, 0, 0, 0x83, 8, 64)
+mbr_entry(b, 0, 1, 0x83, 40, 64)          # overlaps 1
+mbr_entry(b, 0, 2, 0x83, 200, 100)        # ends past the end
+mbr_entry(b, 0, 3, 0x83, 0xfffffff0, 0x20)  # starts past the end, 32-bit wrap
+save('mbr-hostile.part', b)
+b = img(256)
+mbr_entry(b, 0, 0, 0x83, 8, 64)
+mbr_entry(b, 0, 1, 0x83, 8, 64)           # the same twice
+mbr_entry(b, 0, 2, 0x83, 8, 0)            # empty
+mbr_entry(b, 0, 3, 0x83, 100, 100)
+save('mbr-twice.part', b)
+
+# BSD disklabel nested in an MBR FreeBSD slice (type 0xa5) at sector 64:
+# label in the slice's sector 1, partitions a, b, c (the whole slice), d
+def bsd_label(parts):
+    l = bytearray(S)
+    struct.pack_into('<I', l, 0, 0x82564557)
+    struct.pack_into('<I', l, 40, 512)
+    struct.pack_into('<I', l, 132, 0x82564557)
+    struct.pack_into('<HII', l, 138, len(parts), 8192, 0)
+    for i, (size, off, fst) in enumerate(parts):
+        struct.pack_into('<IIIBBH', l, 148 + 16 * i, size, off, 0, fst, 0, 0)
+    end = 148 + 16 * len(parts)
+    x = 0
+    for i in range(0, end, 2):
+        x ^= struct.unpack_from('<H', l, i)[0]
+    struct.pack_into('<H', l, 136, x)
+    return l
+b = img(512)
+mbr_entry(b, 0, 0, 0xa5, 64, 256)
+mbr_entry(b, 0, 1, 0x83, 320, 64)
+b[65 * S:66 * S] = bsd_label([(64, 64 + 16, 7), (32, 64 + 80, 1),
+                              (256, 64, 0), (64, 64 + 112, 7), (400, 64 + 200, 7)])
+save('bsd-in-mbr.part', b)
+
+# Sparse disks (see fuzz-partition.c): "FDESPARS", then records of offset
+# (8 bytes), length (4) and data, for tables past the first MiB.
+def sparse(name, chunks):
+    data = bytearray(b'FDESPARS')
+    for off, blob in chunks:
+        data += struct.pack('<QI', off, len(blob)) + blob
+    save(name, data)
+def ebr(logical, links):
+    e = bytearray(S)
+    if logical:
+        mbr_entry(e, 0, 0, 0x83, logical[0], logical[1])
+    for i, (start, size) in enumerate(links):
+        mbr_entry(e, 0, 1 + i, 0x05, start, size)
+    struct.pack_into('<H', e, 510, 0xaa55)
+    return e
+MiB = 2048                                  # sectors
+mbr = img(1)
+mbr_entry(mbr, 0, 0, 0x05, 4 * MiB, 4 * MiB)
+# an EBR at 4 MiB with two links (libblkid follows the first non-zero one),
+# and one whose second link is zero; the next EBRs lie past the 64 KiB
+# after each logical partition that the table read copies too
+sparse('far-ebr-two-links.sparse', [
+    (0, mbr), (4 * MiB * S, ebr((1, 10), [(1000, 50), (2000, 50)])),
+    ((4 * MiB + 1000) * S, ebr((1, 10), [])),
+    ((4 * MiB + 2000) * S, ebr((2, 20), []))])
+sparse('far-ebr-zero-link.sparse', [
+    (0, mbr), (4 * MiB * S, ebr((1, 10), [(1000, 50), (0, 50)])),
+    ((4 * MiB + 1000) * S, ebr((1, 10), []))])
+# 1100 EBRs from 4 MiB on, one sector apart, each logical one sector long
+chain = bytearray()
+for k in range(1100):
+    chain += ebr((1, 1), [(k + 1, 2)] if k + 1 < 1100 else [])
+sparse('far-ebr-deep.sparse', [(0, mbr), (4 * MiB * S, chain)])
+# a GPT whose entry array lies at 8 MiB, backup header at 32 MiB - 512
+g = gpt(32 * MiB, [(1, 10 * MiB, 11 * MiB - 1), (2, 11 * MiB, 12 * MiB - 1),
+                        (128, 12 * MiB, 12 * MiB + 7)])
+hdr = bytearray(g[S:2 * S])
+arr = g[2 * S:34 * S]
+struct.pack_into('<Q', hdr, 72, 8 * MiB)
+struct.pack_into('<I', hdr, 16, 0)
+struct.pack_into('<I', hdr, 16, zlib.crc32(bytes(hdr[:92])))
+sparse('far-gpt.sparse', [(0, g[:S]), (S, hdr), (8 * MiB * S, arr),
+                          (len(g) - 33 * S, g[-33 * S:])])
+# a FreeBSD slice at 4 MiB holding a BSD label, on an 8 MiB disk
+b = img(1)
+mbr_entry(b, 0, 0, 0xa5, 4 * MiB, 2 * MiB)
+label = bsd_label([(64, 4 * MiB + 16, 7), (32, 4 * MiB + 80, 1),
+                   (2 * MiB, 4 * MiB, 0)])
+sparse('far-bsd.sparse', [(0, b), ((4 * MiB + 1) * S, label),
+                          (8 * MiB * S - S, bytes(S))])
+EOF
+fi
+
+for f in *.qcow2 *.part *.sparse; do
   [ -f "$f" ] && cp "$f" "$out/seed-$f"
 done
 echo "$0: $(ls "$out" | wc -l) seeds in $out"

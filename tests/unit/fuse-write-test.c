@@ -179,6 +179,10 @@ main(void)
   exp.image = "test";
   exp.disk = open_disk();
   exp.max_read = 1u << 20;
+  if (view_files_open(&exp) != 0) {   /* the root: the single file */
+    fprintf(stderr, "cannot set up the view's file\n");
+    return 2;
+  }
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
     perror("socketpair");
     return 2;

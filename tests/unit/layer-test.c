@@ -2,7 +2,8 @@
  * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: the layers of formats/layer.h over a disk in memory:
  * the window's arithmetic (checks at the edges of 64 bits, shifting,
- * clipping of runs), libblkid's answer turned into a window, capabilities
+ * clipping of runs), libblkid's answer turned into a window (every reason
+ * an entry is refused, overlaps, the 256 cap), capabilities
  * passed through or left absent, and the sector-0 guard. */
 #include <config.h>
 
@@ -191,13 +192,190 @@ test_pick(void)
   CHECK(pick(t, n, disk, 14, &start, &size) == -ENOENT);
   CHECK(pick(t, 0, disk, 1, &start, &size) == -ENOENT);
 
-  /* more than 256 entries: refused whichever is asked for */
+  /* more than 256 entries: the first 256 may be shown, as Linux shows
+   * them (entry_check decides, for pick as for the directory view) */
   struct fde_part_entry *many = calloc(257, sizeof *many);
   for (int i = 0; i < 257; i++)
     many[i] = (struct fde_part_entry) { i + 1, 2048 + i, 1, false };
   CHECK(pick(many, 256, disk, 1, &start, &size) == 0);
-  CHECK(pick(many, 257, disk, 1, &start, &size) == -EINVAL);
+  CHECK(pick(many, 257, disk, 1, &start, &size) == 0);
+  CHECK(pick(many, 257, disk, 256, &start, &size) == 0);
+  CHECK(pick(many, 257, disk, 257, &start, &size) == -EINVAL);
   free(many);
+}
+
+/* entry_check(t, n, i): its result, and the reason given agrees with it
+ * (contains want when refused). */
+static int
+entry_check(const struct fde_part_entry *t, size_t n, size_t i, uint64_t disk,
+            const char *want)
+{
+  uint64_t start = 1, size = 1;
+  const char *why = "unset";
+  int r = fde_partition_entry_check(t, n, i, disk, &start, &size, &why);
+
+  if (r == 0) {
+    CHECK(why == NULL);
+    CHECK(start == (uint64_t) t[i].start * 512
+          && size == (uint64_t) t[i].size * 512);
+  } else {
+    CHECK(r == -EINVAL);
+    CHECK(why != NULL && want != NULL && strstr(why, want) != NULL);
+    if (why != NULL && (want == NULL || strstr(why, want) == NULL))
+      fprintf(stderr, "entry %zu: refused \"%s\", expected \"%s\"\n", i, why,
+              want ? want : "accepted");
+  }
+  return r;
+}
+
+/* Every reason fde_partition_entry_check refuses an entry for. */
+static void
+test_entry_reasons(void)
+{
+  const uint64_t disk = 1 << 20;            /* 2048 sectors */
+  struct fde_part_entry t[] = {
+    { 1, 100, 100, false },                 /* 0: fine */
+    { 0, 300, 10, false },                  /* 1: numbers start at 1 */
+    { 257, 320, 10, false },                /* 2: past Linux's 256 */
+    { -1, 340, 10, false },                 /* 3 */
+    { 2, 400, 600, true },                  /* 4: an extended container */
+    { 1, 360, 10, false },                  /* 5: number 1 again */
+    { 5, 100, 100, false },                 /* 6: entry 0 again (a loop) */
+    { 6, -8, 10, false },                   /* 7: before the disk */
+    { 7, 420, -1, false },                  /* 8: an end before the start */
+    { 8, INT64_MAX, 1, false },             /* 9: *512 overflows */
+    { 9, 440, 0, false },                   /* 10: empty */
+    { 10, 2048, 1, false },                 /* 11: starts at the end */
+    { 11, 2000, 49, false },                /* 12: one sector too long */
+    { 12, 150, 10, false },                 /* 13: inside entry 0 */
+    { 13, 2000, 48, false },                /* 14: to the last sector */
+    { 256, 460, 10, false },                /* 15: the last number */
+  };
+  size_t n = sizeof t / sizeof t[0];
+
+  CHECK(entry_check(t, n, 0, disk, NULL) == 0);
+  CHECK(entry_check(t, n, 1, disk, "number is out of range") != 0);
+  CHECK(entry_check(t, n, 2, disk, "number is out of range") != 0);
+  CHECK(entry_check(t, n, 3, disk, "number is out of range") != 0);
+  CHECK(entry_check(t, n, 4, disk, "extended partition") != 0);
+  CHECK(entry_check(t, n, 5, disk, "given to an earlier entry") != 0);
+  CHECK(entry_check(t, n, 6, disk, "repeats an earlier entry") != 0);
+  CHECK(entry_check(t, n, 7, disk, "start or size is out of range") != 0);
+  CHECK(entry_check(t, n, 8, disk, "start or size is out of range") != 0);
+  CHECK(entry_check(t, n, 9, disk, "start or size is out of range") != 0);
+  CHECK(entry_check(t, n, 10, disk, "empty") != 0);
+  CHECK(entry_check(t, n, 11, disk, "starts past the end") != 0);
+  CHECK(entry_check(t, n, 12, disk, "ends past the end") != 0);
+  CHECK(entry_check(t, n, 13, disk, "overlaps an earlier partition") != 0);
+  CHECK(entry_check(t, n, 14, disk, NULL) == 0);
+  CHECK(entry_check(t, n, 15, disk, NULL) == 0);
+
+  /* pick(n) is entry_check of the first entry numbered n */
+  for (size_t i = 0; i < n; i++) {
+    uint64_t s1, z1, s2, z2;
+    const char *w1, *w2;
+    size_t first = 0;
+    if (t[i].partno < 0)
+      continue;
+    while (t[first].partno != t[i].partno)
+      first++;
+    int r1 = fde_partition_pick(t, n, disk, (unsigned) t[i].partno, &s1, &z1,
+                                &w1);
+    int r2 = fde_partition_entry_check(t, n, first, disk, &s2, &z2, &w2);
+    CHECK(r1 == r2 && (r1 != 0 || (s1 == s2 && z1 == z2)));
+    CHECK(r1 != 0 || w1 == NULL);
+  }
+}
+
+/* Overlapping windows: the earlier entry is shown, the later refused;
+ * an entry that is out of the disk or an extended container knocks no
+ * later one out. */
+static void
+test_entry_overlap(void)
+{
+  const uint64_t disk = 1 << 20;
+  struct fde_part_entry t[] = {
+    { 1, 100, 100, false },                 /* 0: [100, 200) */
+    { 2, 50, 60, false },                   /* 1: [50, 110) */
+    { 3, 200, 10, false },                  /* 2: touches 0's end: fine */
+    { 4, 1000, 2000, false },               /* 3: past the end */
+    { 5, 1500, 100, false },                /* 4: inside 3 only: fine */
+    { 6, 300, 1000, true },                 /* 5: extended, around 6 */
+    { 7, 400, 50, false },                  /* 6: a logical in it: fine */
+    { 8, 40, 200, false },                  /* 7: over 0 and 1 */
+    { 9, 199, 1, false },                   /* 8: 0's last sector */
+    { 10, 1700, 348, false },               /* 9: to the end, after 4 */
+    { 11, 0, 2048, false },                 /* 10: the whole disk */
+  };
+  size_t n = sizeof t / sizeof t[0];
+
+  CHECK(entry_check(t, n, 0, disk, NULL) == 0);
+  CHECK(entry_check(t, n, 1, disk, "overlaps") != 0);
+  CHECK(entry_check(t, n, 2, disk, NULL) == 0);
+  CHECK(entry_check(t, n, 3, disk, "ends past the end") != 0);
+  CHECK(entry_check(t, n, 4, disk, NULL) == 0);
+  CHECK(entry_check(t, n, 5, disk, "extended") != 0);
+  CHECK(entry_check(t, n, 6, disk, NULL) == 0);
+  CHECK(entry_check(t, n, 7, disk, "overlaps") != 0);
+  CHECK(entry_check(t, n, 8, disk, "overlaps") != 0);
+  CHECK(entry_check(t, n, 9, disk, NULL) == 0);
+  CHECK(entry_check(t, n, 10, disk, "overlaps") != 0);
+
+  /* the same two entries the other way round: the earlier still wins */
+  struct fde_part_entry u[] = { t[1], t[0] };
+  CHECK(entry_check(u, 2, 0, disk, NULL) == 0);
+  CHECK(entry_check(u, 2, 1, disk, "overlaps") != 0);
+  /* the whole disk first: it wins, everything after it is refused */
+  struct fde_part_entry w[] = { t[10], t[0], t[9] };
+  CHECK(entry_check(w, 3, 0, disk, NULL) == 0);
+  CHECK(entry_check(w, 3, 1, disk, "overlaps") != 0);
+  CHECK(entry_check(w, 3, 2, disk, "overlaps") != 0);
+}
+
+/* An entry refused for overlapping still knocks out the later entries it
+ * overlaps, though it is not shown: [100, 200) shown, [150, 250) refused,
+ * [220, 300) overlaps only the refused one.  Whether it should be shown is
+ * open (reported with issue 11); run with FDE_RUN_KNOWN_BUGS=1. */
+static void
+test_entry_overlap_refused_earlier(void)
+{
+  const uint64_t disk = 1 << 20;
+  struct fde_part_entry t[] = {
+    { 1, 100, 100, false }, { 2, 150, 100, false }, { 3, 220, 80, false },
+  };
+
+  if (getenv("FDE_RUN_KNOWN_BUGS") == NULL) {
+    fprintf(stderr, "layer-test: skipped (known, FDE_RUN_KNOWN_BUGS=1 runs "
+            "it): a refused entry knocks out later ones\n");
+    return;
+  }
+  CHECK(entry_check(t, 3, 0, disk, NULL) == 0);
+  CHECK(entry_check(t, 3, 1, disk, "overlaps") != 0);
+  CHECK(entry_check(t, 3, 2, disk, NULL) == 0);
+}
+
+/* The 256-entry cap: entries from the 257th on are refused whatever they
+ * are, the ones before are judged as usual. */
+static void
+test_entry_cap(void)
+{
+  const uint64_t disk = 1 << 20;
+  struct fde_part_entry *t = calloc(300, sizeof *t);
+
+  for (int i = 0; i < 300; i++)             /* numbers 1..300, disjoint */
+    t[i] = (struct fde_part_entry) { i + 1, 100 + 2 * i, 1, false };
+  for (size_t i = 0; i < 256; i++)
+    CHECK(entry_check(t, 300, i, disk, NULL) == 0);
+  for (size_t i = 256; i < 300; i++)
+    CHECK(entry_check(t, 300, i, disk, "more than 256") != 0);
+  /* numbered from 1 after 256 others (say 256 nested labels): still the
+   * 257th entry */
+  t[256].partno = 1000;
+  for (int i = 0; i < 256; i++)
+    t[i].partno = 1000 + i + 1;
+  t[256].partno = 1;
+  CHECK(entry_check(t, 300, 256, disk, "more than 256") != 0);
+  free(t);
 }
 
 static void
@@ -291,6 +469,10 @@ main(void)
 {
   test_window_check();
   test_pick();
+  test_entry_reasons();
+  test_entry_overlap();
+  test_entry_overlap_refused_earlier();
+  test_entry_cap();
   test_window_layer();
   test_guard();
   if (failures > 0) {
