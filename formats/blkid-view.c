@@ -170,10 +170,10 @@ copy_gpt_entries(struct area *a, uint64_t lba)
     return 0;
   uint64_t entries = get64(h + 72);
   uint64_t bytes = (uint64_t) get32(h + 80) * get32(h + 84);
+  if (bytes > MAX_ENTRIES_BYTES)
+    return 0;                   /* hidden at the end: hide_huge_gpt */
   if (entries > a->size / SECTOR)
     return 0;
-  if (bytes > MAX_ENTRIES_BYTES)
-    bytes = MAX_ENTRIES_BYTES;
   if ((r = copy_range(a, entries * SECTOR, bytes)) < 0)
     return r;
   uint64_t alternate = get64(h + 32);
@@ -207,14 +207,20 @@ copy_ebr_chain(struct area *a, uint64_t ext)
       return r;
     if (get16(sec + 510) != 0xaa55)
       return 0;
+    /* The link is the first extended entry (libblkid and Linux take no
+     * other; the rest are junk).  One pointing at start 0 ends the chain
+     * for libblkid, or is skipped: follow the first with a start, which
+     * copies what libblkid reads either way. */
     uint64_t next = 0;
     for (int i = 0; i < 4; i++) {
       const uint8_t *e = sec + 446 + 16 * i;
       uint64_t start = get32(e + 8);
       if (e[4] == 0 || get32(e + 12) == 0)
         continue;
-      if (is_extended(e[4]))
-        next = ext + start;
+      if (is_extended(e[4])) {
+        if (next == 0 && start != 0)
+          next = ext + start;
+      }
       else if ((r = copy_range(a, (cur + start) * SECTOR, NESTED)) < 0)
         return r;
     }
@@ -223,6 +229,44 @@ copy_ebr_chain(struct area *a, uint64_t ext)
     cur = next;
   }
   return 0;
+}
+
+/* If the copied sector at lba is a GPT header whose entry array is
+ * larger than MAX_ENTRIES_BYTES, blank it: libblkid would allocate and
+ * read the whole array (33 million entries: 4 GiB of memory and 12 s, at
+ * every re-read of the table), so it is hidden, as a header libblkid
+ * refused.  Done last: a later copy (the protective MBR's partition
+ * starts at LBA 1) would bring it back. */
+static int
+hide_huge_gpt(struct area *a, uint64_t lba)
+{
+  static const uint8_t zero[SECTOR];
+  uint8_t h[SECTOR];
+  int r = copied_sector(a, lba, h);
+
+  if (r < 0 || memcmp(h, "EFI PART", 8) != 0
+      || (uint64_t) get32(h + 80) * get32(h + 84) <= MAX_ENTRIES_BYTES)
+    return r;
+  return fde_pwrite_full(a->memfd, zero, SECTOR, lba * SECTOR);
+}
+
+/* hide_huge_gpt on the primary header, the one its alternate field names
+ * and the last sector (where libblkid looks for the backup). */
+static int
+hide_huge_gpts(struct area *a)
+{
+  uint8_t h[SECTOR];
+  uint64_t last = a->size / SECTOR - 1;
+  int r = copied_sector(a, 1, h);
+
+  if (r < 0 || a->size < 2 * SECTOR)
+    return r;
+  uint64_t alternate = memcmp(h, "EFI PART", 8) == 0 ? get64(h + 32) : last;
+  if ((r = hide_huge_gpt(a, 1)) < 0 || (r = hide_huge_gpt(a, last)) < 0)
+    return r;
+  if (alternate != 1 && alternate != last && alternate <= last)
+    r = hide_huge_gpt(a, alternate);
+  return r;
 }
 
 /* Copy into the area (the whole disk) what libblkid reads to find a
@@ -242,7 +286,7 @@ copy_table_sectors(struct area *a)
       || (r = copied_sector(a, 0, mbr)) < 0)
     return r;
   if (get16(mbr + 510) != 0xaa55)
-    return 0;
+    return hide_huge_gpts(a);
   for (int i = 0; i < 4; i++) {
     const uint8_t *e = mbr + 446 + 16 * i;
     uint64_t start = get32(e + 8);
@@ -255,7 +299,7 @@ copy_table_sectors(struct area *a)
     if (r < 0)
       return r;
   }
-  return 0;
+  return hide_huge_gpts(a);
 }
 
 /* Copy a libblkid string (NULL: none) into dst, cut to fit. */
@@ -419,7 +463,10 @@ fde_contents_read(struct fde_disk *disk, uint64_t start, uint64_t size,
   if ((r = area_open(&a, disk, start, size)) == 0
       && (r = copy_range(&a, 0, HEAD_TAIL)) == 0
       && (r = copy_range(&a, size > HEAD_TAIL ? size - HEAD_TAIL : 0,
-                         HEAD_TAIL)) == 0)
+                         HEAD_TAIL)) == 0
+      /* some superblock probes ask whether a partition table covers
+       * them, and libblkid then reads the table too */
+      && (r = hide_huge_gpts(&a)) == 0)
     r = probe_contents(&a, c);
   area_close(&a);
   return r;

@@ -112,8 +112,9 @@ int fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
  * it must not be an extended container or repeat an earlier entry (a
  * looping EBR chain), nor have more than 256 entries before it; its
  * window must pass fde_window_check and not overlap the window of an
- * earlier entry (the earlier one is kept).  0 with *start and *size (bytes),
- * or -EINVAL with why (static) saying the problem. */
+ * earlier entry that is itself accepted (the earlier one is kept; an
+ * entry refused for any reason knocks nothing out).  0 with *start and
+ * *size (bytes), or -EINVAL with why (static) saying the problem. */
 int fde_partition_entry_check(const struct fde_part_entry *parts,
                               size_t nparts, size_t i, uint64_t disk_size,
                               uint64_t *start, uint64_t *size,

@@ -222,14 +222,14 @@ entry_window(const struct fde_part_entry *p, uint64_t disk_size,
   return *why == NULL;
 }
 
-int
-fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
-                          size_t i, uint64_t disk_size, uint64_t *start,
-                          uint64_t *size, const char **why)
+/* Entry i judged on its own (everything but overlap): 0 with its window,
+ * or -EINVAL with why. */
+static int
+entry_alone(const struct fde_part_entry *parts, size_t i, uint64_t disk_size,
+            uint64_t *start, uint64_t *size, const char **why)
 {
   const struct fde_part_entry *p = &parts[i];
 
-  *why = NULL;
   if (i >= MAX_PARTS) {
     *why = "the table holds more than 256 partitions";
     return -EINVAL;
@@ -246,7 +246,7 @@ fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
   /* An extended chain that loops shows the same logical partition again
    * under a new number, and a number given twice is no numbering: refuse
    * the repeats. */
-  for (size_t k = 0; k < i && k < nparts; k++) {
+  for (size_t k = 0; k < i; k++) {
     const struct fde_part_entry *q = &parts[k];
     if (q->partno == p->partno) {
       *why = "its number is given to an earlier entry too";
@@ -258,21 +258,46 @@ fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
       return -EINVAL;
     }
   }
-  if (!entry_window(p, disk_size, start, size, why))
-    return -EINVAL;
+  return entry_window(p, disk_size, start, size, why) ? 0 : -EINVAL;
+}
+
+int
+fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
+                          size_t i, uint64_t disk_size, uint64_t *start,
+                          uint64_t *size, const char **why)
+{
   /* Two windows on the same sectors would be two file systems' worth of
-   * writes to one place: the earlier entry wins, as it is shown first. */
-  for (size_t k = 0; k < i && k < nparts; k++) {
-    uint64_t ks, kn;
-    const char *kwhy;
-    if (!parts[k].extended && entry_window(&parts[k], disk_size, &ks, &kn,
-                                           &kwhy)
-        && ks < *start + *size && *start < ks + kn) {
-      *why = "it overlaps an earlier partition of the table";
-      return -EINVAL;
+   * writes to one place: of overlapping entries the earlier accepted one
+   * wins, as it is shown first; an entry refused for any reason knocks
+   * nothing out.  So decide the entries in order up to i. */
+  uint64_t ks[MAX_PARTS], kn[MAX_PARTS];
+  bool shown[MAX_PARTS];
+
+  *why = NULL;
+  if (i >= nparts || i >= MAX_PARTS) {
+    *why = i >= nparts ? "no such entry"
+      : "the table holds more than 256 partitions";
+    return -EINVAL;
+  }
+  for (size_t k = 0; k <= i; k++) {
+    const char *kwhy = NULL;
+    int r = entry_alone(parts, k, disk_size, &ks[k], &kn[k], &kwhy);
+    for (size_t j = 0; r == 0 && j < k; j++)
+      if (shown[j] && ks[j] < ks[k] + kn[k] && ks[k] < ks[j] + kn[j]) {
+        kwhy = "it overlaps an earlier partition of the table";
+        r = -EINVAL;
+      }
+    shown[k] = r == 0;
+    if (k == i) {
+      *why = kwhy;
+      if (r == 0) {
+        *start = ks[k];
+        *size = kn[k];
+      }
+      return r;
     }
   }
-  return 0;
+  return -EINVAL;               /* not reached */
 }
 
 int

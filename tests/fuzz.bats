@@ -40,7 +40,10 @@ requires_libfuzzer() {
   fi
   local h
   for h in qcow2-read qcow2-write partition; do
-    run --separate-stderr "$FDE_BUILDDIR/tests/fuzz/fuzz-$h" -runs=0 \
+    # the partition harness also checks that the sectors copied for
+    # libblkid give the table libblkid reads from the whole disk
+    run --separate-stderr env FDE_FUZZ_STRICT_COPY=1 \
+      "$FDE_BUILDDIR/tests/fuzz/fuzz-$h" -runs=0 \
       -close_fd_mask=2 -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$WORK/" \
       "$FDE_SRCDIR/tests/fuzz/regressions" ${seeds:+"$seeds"}

@@ -365,6 +365,38 @@ PY
   refused pmbr.img 1 "libblkid finds no partition table it accepts"
 }
 
+@test "a GPT whose valid header claims 33 million entries: hidden from libblkid, no 4 GiB array read" {
+  requires python3
+  truncate -s 8G huge.img
+  printf 'label: gpt\nstart=2048, size=8192\n' | sfdisk --quiet huge.img >/dev/null
+  # both headers: 33554431 entries of 128 bytes (4 GiB), CRCs made valid
+  python3 - huge.img <<'PY'
+import sys, zlib, struct
+with open(sys.argv[1], 'r+b') as f:
+    for lba in (1, (f.seek(0, 2) // 512) - 1):
+        f.seek(lba * 512); h = bytearray(f.read(512))
+        size = struct.unpack_from('<I', h, 12)[0]
+        struct.pack_into('<I', h, 80, 33554431)
+        struct.pack_into('<I', h, 16, 0)
+        struct.pack_into('<I', h, 16, zlib.crc32(bytes(h[:size])))
+        f.seek(lba * 512); f.write(h)
+PY
+  # libblkid given such a header allocates and reads the whole array
+  # (2 GB of memory, 12 s): the sectors it reads no longer show it one
+  run /usr/bin/time -f 'maxrss %M' "$FDE" -n --partition=1 huge.img
+  assert_failure 3
+  assert_line --partial "huge.img: partition 1: libblkid finds no partition table it accepts"
+  local rss
+  rss=$(sed -n 's/^maxrss //p' <<<"$output")
+  [ "$rss" -lt 512000 ] || fail "max RSS $rss KiB"
+  # --probe too (a superblock probe asks libblkid for the table as well)
+  run /usr/bin/time -f 'maxrss %M' "$FDE" -n huge.img
+  assert_success
+  assert_line --partial "partition-table: none libblkid accepts"
+  rss=$(sed -n 's/^maxrss //p' <<<"$output")
+  [ "$rss" -lt 512000 ] || fail "--probe: max RSS $rss KiB"
+}
+
 @test "--partition works with --probe, and takes numbers from 1 only" {
   make_mbr disk.img
   run "$FDE" -n --partition=5 disk.img

@@ -332,10 +332,9 @@ test_entry_overlap(void)
   CHECK(entry_check(w, 3, 2, disk, "overlaps") != 0);
 }
 
-/* An entry refused for overlapping still knocks out the later entries it
- * overlaps, though it is not shown: [100, 200) shown, [150, 250) refused,
- * [220, 300) overlaps only the refused one.  Whether it should be shown is
- * open (reported with issue 11); run with FDE_RUN_KNOWN_BUGS=1. */
+/* An entry refused for overlapping knocks out nothing, as it is not
+ * shown: [100, 200) shown, [150, 250) refused, [220, 300) overlaps only the
+ * refused one and is shown. */
 static void
 test_entry_overlap_refused_earlier(void)
 {
@@ -344,11 +343,6 @@ test_entry_overlap_refused_earlier(void)
     { 1, 100, 100, false }, { 2, 150, 100, false }, { 3, 220, 80, false },
   };
 
-  if (getenv("FDE_RUN_KNOWN_BUGS") == NULL) {
-    fprintf(stderr, "layer-test: skipped (known, FDE_RUN_KNOWN_BUGS=1 runs "
-            "it): a refused entry knocks out later ones\n");
-    return;
-  }
   CHECK(entry_check(t, 3, 0, disk, NULL) == 0);
   CHECK(entry_check(t, 3, 1, disk, "overlaps") != 0);
   CHECK(entry_check(t, 3, 2, disk, NULL) == 0);
