@@ -74,6 +74,11 @@ struct area {
   uint64_t base;                /* the area's first byte in the disk */
   uint64_t size;                /* its length in bytes, the memfd's size */
   int memfd;
+  /* the ranges copied (area offsets), when asked for (track) */
+  bool track;
+  bool track_failed;            /* out of memory: the list is incomplete */
+  struct fde_byte_range *copied;
+  size_t ncopied, cap;
 };
 
 /* Set up the area [base, base + size) of disk (inside it), nothing copied
@@ -84,7 +89,8 @@ area_open(struct area *a, struct fde_disk *disk, uint64_t base,
 {
   int r;
 
-  *a = (struct area) { .disk = disk, .base = base, .size = size, .memfd = -1 };
+  *a = (struct area) { .disk = disk, .base = base, .size = size,
+                       .memfd = -1 };
   if (size > INT64_MAX)
     return -EFBIG;
   if ((a->memfd = memfd_create("fde-blkid-view", MFD_CLOEXEC)) == -1)
@@ -104,6 +110,66 @@ area_close(struct area *a)
   if (a->memfd != -1)
     close(a->memfd);
   a->memfd = -1;
+  free(a->copied);
+  a->copied = NULL;
+}
+
+/* Note that [off, off + len) was copied (if the area tracks copies). */
+static void
+note_copied(struct area *a, uint64_t off, uint64_t len)
+{
+  if (!a->track || a->track_failed)
+    return;
+  if (a->ncopied > 0
+      && a->copied[a->ncopied - 1].off + a->copied[a->ncopied - 1].len == off) {
+    a->copied[a->ncopied - 1].len += len;
+    return;
+  }
+  if (a->ncopied == a->cap) {
+    size_t cap = a->cap ? 2 * a->cap : 64;
+    struct fde_byte_range *c = realloc(a->copied, cap * sizeof *c);
+    if (c == NULL) {
+      a->track_failed = true;
+      return;
+    }
+    a->copied = c;
+    a->cap = cap;
+  }
+  a->copied[a->ncopied++] = (struct fde_byte_range) { off, len };
+}
+
+static int
+compare_ranges(const void *x, const void *y)
+{
+  const struct fde_byte_range *a = x, *b = y;
+
+  return a->off < b->off ? -1 : a->off > b->off;
+}
+
+/* The copied ranges, sorted and merged, moved into *out (NULL, 0 if the
+ * list is incomplete: then every write counts). */
+static void
+take_copied(struct area *a, struct fde_byte_range **out, size_t *n)
+{
+  size_t k = 0;
+
+  *out = NULL;
+  *n = 0;
+  if (a->track_failed || a->ncopied == 0)
+    return;
+  qsort(a->copied, a->ncopied, sizeof *a->copied, compare_ranges);
+  for (size_t i = 1; i < a->ncopied; i++) {
+    struct fde_byte_range *last = &a->copied[k], *r = &a->copied[i];
+    if (r->off <= last->off + last->len) {
+      if (r->off + r->len > last->off + last->len)
+        last->len = r->off + r->len - last->off;
+    }
+    else
+      a->copied[++k] = *r;
+  }
+  *out = a->copied;
+  *n = k + 1;
+  a->copied = NULL;
 }
 
 /* Copy [off, off + len) of the area, clipped to it, into the memfd. */
@@ -116,6 +182,7 @@ copy_range(struct area *a, uint64_t off, uint64_t len)
     return 0;
   if (len > a->size - off)
     len = a->size - off;
+  note_copied(a, a->base + off, len);
   while (len > 0) {
     size_t n = len < sizeof buf ? (size_t) len : sizeof buf;
     int r = a->disk->format->pread(a->disk, buf, n, a->base + off);
@@ -316,12 +383,18 @@ fill_entry(struct fde_part_table *tab, size_t i, blkid_partition p)
   blkid_parttable pt = blkid_partition_get_table(p);
   struct fde_part_info *info = &tab->info[i];
 
+  blkid_partition outer = pt != NULL ? blkid_parttable_get_parent(pt) : NULL;
+
   tab->entries[i] = (struct fde_part_entry) {
     .partno = blkid_partition_get_partno(p),
     .start = blkid_partition_get_start(p),
     .size = blkid_partition_get_size(p),
     .extended = blkid_partition_is_extended(p) != 0,
   };
+  if (outer != NULL) {          /* a nested label's partition */
+    tab->entries[i].outer_start = blkid_partition_get_start(outer);
+    tab->entries[i].outer_size = blkid_partition_get_size(outer);
+  }
   copy_string(info->table, sizeof info->table,
               pt != NULL ? blkid_parttable_get_type(pt) : NULL);
   copy_string(info->type, sizeof info->type,
@@ -329,6 +402,29 @@ fill_entry(struct fde_part_table *tab, size_t i, blkid_partition p)
   info->type_id = blkid_partition_get_type(p);
   copy_string(info->name, sizeof info->name, blkid_partition_get_name(p));
   copy_string(info->uuid, sizeof info->uuid, blkid_partition_get_uuid(p));
+}
+
+/* A DOS logical partition must lie inside the (one) extended partition
+ * of its table: make that its outer partition. */
+static void
+set_dos_containers(struct fde_part_table *tab, blkid_partlist ls)
+{
+  const struct fde_part_entry *ext = NULL;
+
+  for (size_t i = 0; i < tab->nparts && ext == NULL; i++)
+    if (tab->entries[i].extended)
+      ext = &tab->entries[i];
+  for (size_t i = 0; i < tab->nparts; i++) {
+    blkid_partition p = blkid_partlist_get_partition(ls, (int) i);
+    blkid_parttable pt = blkid_partition_get_table(p);
+    if (pt == NULL || blkid_parttable_get_parent(pt) != NULL
+        || !blkid_partition_is_logical(p))
+      continue;
+    /* a logical with no extended partition: an empty outer range,
+     * which no window lies inside */
+    tab->entries[i].outer_start = ext != NULL ? ext->start : 0;
+    tab->entries[i].outer_size = ext != NULL ? ext->size : -1;
+  }
 }
 
 /* Probe the area for partitions only, into tab.  0 or -errno. */
@@ -362,6 +458,7 @@ probe_parts(struct area *a, struct fde_part_table *tab)
   for (int i = 0; i < n; i++)
     fill_entry(tab, (size_t) i, blkid_partlist_get_partition(ls, i));
   tab->nparts = (size_t) n;
+  set_dos_containers(tab, ls);
 out:
   blkid_free_probe(pr);
   return r;
@@ -374,9 +471,13 @@ fde_part_table_details(struct fde_disk *disk, struct fde_part_table *tab)
   int r;
 
   memset(tab, 0, sizeof *tab);
-  if ((r = area_open(&a, disk, 0, fde_disk_size(disk))) == 0
-      && (r = copy_table_sectors(&a)) == 0)
-    r = probe_parts(&a, tab);
+  if ((r = area_open(&a, disk, 0, fde_disk_size(disk))) == 0) {
+    a.track = true;
+    if ((r = copy_table_sectors(&a)) == 0)
+      r = probe_parts(&a, tab);
+    if (r == 0)
+      take_copied(&a, &tab->read, &tab->nread);
+  }
   area_close(&a);
   return r;
 }
@@ -386,9 +487,11 @@ fde_part_table_free(struct fde_part_table *tab)
 {
   free(tab->entries);
   free(tab->info);
+  free(tab->read);
   tab->entries = NULL;
   tab->info = NULL;
-  tab->nparts = 0;
+  tab->read = NULL;
+  tab->nparts = tab->nread = 0;
 }
 
 int

@@ -29,6 +29,11 @@ struct fde_part_info {
                                  * or empty */
 };
 
+/* A range of bytes of a disk. */
+struct fde_byte_range {
+  uint64_t off, len;
+};
+
 /* A partition table as libblkid reads it. */
 struct fde_part_table {
   char type[16];                /* PTTYPE: "dos", "gpt", "PMBR" (a
@@ -40,6 +45,12 @@ struct fde_part_table {
   struct fde_part_entry *entries; /* nparts (malloc'd), unchecked: pass
                                    * each to fde_partition_entry_check */
   struct fde_part_info *info;   /* nparts (malloc'd), entries[i]'s details */
+  /* The bytes of the disk the table was read from (sorted, disjoint;
+   * malloc'd; NULL when unknown).  libblkid read nothing else, and what
+   * was copied for it was chosen from these bytes alone: a write that
+   * touches none of them cannot change the table it finds. */
+  struct fde_byte_range *read;
+  size_t nread;
 };
 
 /* Read the partition table of disk's virtual bytes into *tab (zeroed

@@ -102,6 +102,11 @@ struct fde_part_entry {
   int64_t start;                /* 512-byte sectors, as libblkid gives */
   int64_t size;
   bool extended;
+  /* The partition this one must lie inside, in sectors (outer_size 0:
+   * none): the extended partition for a DOS logical one (libblkid adds
+   * its offsets in 32 bits and checks only some entries), the slice
+   * holding a nested label (BSD...) for that label's partitions. */
+  int64_t outer_start, outer_size;
 };
 int fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
                        uint64_t disk_size, unsigned n, uint64_t *start,
@@ -111,8 +116,9 @@ int fde_partition_pick(const struct fde_part_entry *parts, size_t nparts,
  * a partition a window may show?  Its number must be 1..256 and unique,
  * it must not be an extended container or repeat an earlier entry (a
  * looping EBR chain), nor have more than 256 entries before it; its
- * window must pass fde_window_check and not overlap the window of an
- * earlier entry that is itself accepted (the earlier one is kept; an
+ * window must pass fde_window_check, lie inside its outer partition if
+ * it has one, and not overlap the window of an earlier entry that is
+ * itself accepted, other than its outer partition (the earlier one is kept; an
  * entry refused for any reason knocks nothing out).  0 with *start and
  * *size (bytes), or -EINVAL with why (static) saying the problem. */
 int fde_partition_entry_check(const struct fde_part_entry *parts,

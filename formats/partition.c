@@ -253,12 +253,30 @@ entry_alone(const struct fde_part_entry *parts, size_t i, uint64_t disk_size,
       return -EINVAL;
     }
     if (q->start == p->start && q->size == p->size && !q->extended) {
-      *why = "it repeats an earlier entry (the extended partition chain "
-        "loops)";
+      *why = "it repeats an earlier entry (a copied entry, or a chain of "
+        "extended boot records that loops)";
       return -EINVAL;
     }
   }
-  return entry_window(p, disk_size, start, size, why) ? 0 : -EINVAL;
+  if (!entry_window(p, disk_size, start, size, why))
+    return -EINVAL;
+  if (p->outer_size != 0
+      && (p->outer_start < 0 || p->outer_size < 0
+          || p->start < p->outer_start
+          || p->size > p->outer_size - (p->start - p->outer_start))) {
+    *why = "it lies outside the partition that holds it (the extended "
+      "partition, or the slice of a nested label)";
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* Is parts[j] the outer partition of parts[k] (which may overlap it)? */
+static bool
+is_outer(const struct fde_part_entry *parts, size_t j, size_t k)
+{
+  return parts[k].outer_size > 0 && parts[j].start == parts[k].outer_start
+    && parts[j].size == parts[k].outer_size;
 }
 
 int
@@ -283,7 +301,8 @@ fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
     const char *kwhy = NULL;
     int r = entry_alone(parts, k, disk_size, &ks[k], &kn[k], &kwhy);
     for (size_t j = 0; r == 0 && j < k; j++)
-      if (shown[j] && ks[j] < ks[k] + kn[k] && ks[k] < ks[j] + kn[j]) {
+      if (shown[j] && ks[j] < ks[k] + kn[k] && ks[k] < ks[j] + kn[j]
+          && !is_outer(parts, j, k)) {
         kwhy = "it overlaps an earlier partition of the table";
         r = -EINVAL;
       }

@@ -355,7 +355,7 @@ check_mountpoint_type(struct export *exp, const char *target)
  * named, and from then on that descriptor, not the name, says which file
  * the view goes on.  A user who is not root mounts through fusermount3,
  * which needs write permission on the mount point even for a read-only
- * export. */
+ * export (--probe mounts nothing and needs none). */
 static int
 resolve_mountpoint(struct export *exp)
 {
@@ -383,7 +383,7 @@ resolve_mountpoint(struct export *exp)
     return EXIT_IMAGE;
   }
   fd_path(exp->mnt_pfd, proc, sizeof proc);
-  if (geteuid() != 0 && access(proc, W_OK) == -1) {
+  if (geteuid() != 0 && !exp->opts->probe_only && access(proc, W_OK) == -1) {
     fde_error("%s: no write permission: a user other than root mounts "
               "through fusermount3, which needs it on the mount point, even "
               "with -r", target);
@@ -491,6 +491,15 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   if ((r = add_layers(exp, probed_raw)) != 0)
     goto out;
   exp->mode = exp->disk->read_only ? 0400 : 0600;
+  /* The view's files show the image's owner.  A user other than root who
+   * exports an image another user owns (readable to them with -r, or
+   * writable through its group) mounts a view that no one else can
+   * reach (allow_other aside): shown as the other user's, mode 0400 or
+   * 0600 would shut them out of their own view.  It is shown as theirs. */
+  if (geteuid() != 0 && exp->image_st.st_uid != geteuid()) {
+    exp->image_st.st_uid = geteuid();
+    exp->image_st.st_gid = getegid();
+  }
   r = view_files_open(exp);
 out:
   if (fd != -1)

@@ -457,16 +457,16 @@ fde_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 }
 
 /* Write (buf) or zero (buf NULL) [off, off+len) on f's disk.  A write
- * through the -P directory's "disk" may change the partition table: the
- * next flush or fsync of "disk" reads it again. */
+ * through any file of the -P directory that touches the bytes the
+ * partition table was read from may change it: the next flush or fsync
+ * reads it again. */
 static int
 update(struct export *exp, struct view_file *f, const void *buf,
        uint64_t len, uint64_t off, bool punch)
 {
   struct fde_disk *d = f->disk;
 
-  if (f->whole)
-    view_files_written(exp);
+  view_files_written(exp, f, off, len);
   if (buf != NULL)
     return d->format->pwrite(d, buf, (size_t) len, off);
   return d->format->zero(d, off, len, punch);
@@ -504,10 +504,10 @@ fde_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
     fuse_reply_write(req, size);
 }
 
-/* Flush f's disk (every file's: they share it); then, for the -P
- * directory's "disk", read the partition table again if it was written
- * to.  A file whose partition is gone still flushes (what it wrote went
- * to the disk) but gets EIO.  0 or an errno. */
+/* Flush f's disk (every file's: they share it); then, in the -P
+ * directory, read the partition table again if a write touched it.  A
+ * file whose partition is gone (now, or by this very rescan) still
+ * flushes (what it wrote went to the disk) but gets EIO.  0 or an errno. */
 static int
 flush_file(fuse_req_t req, fuse_ino_t ino)
 {
@@ -518,8 +518,7 @@ flush_file(fuse_req_t req, fuse_ino_t ino)
   if (f == NULL || f->disk == NULL)
     return f == NULL ? ENOENT : EISDIR;
   r = f->disk->read_only ? 0 : f->disk->format->flush(f->disk);
-  if (f->whole)
-    view_files_rescan(exp);     /* after a failed flush too */
+  view_files_rescan(exp);       /* after a failed flush too */
   return r < 0 ? -r : view_file_gone(f) ? EIO : 0;
 }
 

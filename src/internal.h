@@ -72,8 +72,8 @@ struct view_file {
   char name[8];                 /* "disk", "p1".."p256"; "" for the root */
   unsigned partno;              /* 0: the whole disk */
   uint64_t start;               /* the partition's first byte in the disk */
-  bool whole;                   /* the directory view's "disk": the table
-                                 * is read again after writes through it */
+  bool whole;                   /* the whole disk (the directory view's
+                                 * "disk", or the single-file view) */
   bool gone;                    /* (atomic) its partition moved or was
                                  * removed: every operation fails, EIO */
   /* what getattr shows and setattr changes (export.attr_lock) */
@@ -163,12 +163,15 @@ view_file_gone(const struct view_file *f)
 {
   return __atomic_load_n(&f->gone, __ATOMIC_ACQUIRE);
 }
-/* Something was written through the -P view's "disk": read the table
- * again at the next view_files_rescan. */
-void view_files_written(struct export *exp);
-/* Read the partition table again if "disk" was written since the last
- * time, and make the files follow it (-P; called after FLUSH and FSYNC
- * of "disk").  Serialised; may run while other requests are served. */
+/* [off, off + len) (bytes of f) is about to be written or zeroed
+ * through f (-P; any file): if it touches the bytes the partition table
+ * was last read from, the next view_files_rescan reads it again. */
+void view_files_written(struct export *exp, const struct view_file *f,
+                        uint64_t off, uint64_t len);
+/* Read the partition table again if a write touched its bytes since the
+ * last time, and make the files follow it (-P; called after every FLUSH
+ * and FSYNC of a file opened for writing).  Serialised; may run while
+ * other requests are served. */
 void view_files_rescan(struct export *exp);
 /* "disk, p1, p2" into out; the number of partitions. */
 unsigned view_files_names(struct export *exp, FILE *out);

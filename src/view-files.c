@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blkid-view.h"
 #include "internal.h"
 #include "layer.h"
 
@@ -38,7 +39,12 @@ struct view_dir {
   size_t nobjects, cap;
   struct view_file *current[VIEW_MAX_FILES];  /* [0] disk, [N] pN, or NULL */
   pthread_mutex_t rescan_lock;  /* one scan at a time; what follows */
-  bool written;                 /* (atomic) disk written since the scan */
+  bool written;                 /* (atomic) a write touched the bytes the
+                                 * last scan read the table from */
+  pthread_mutex_t watch_lock;   /* watch, nwatch, watch_all */
+  struct fde_byte_range *watch; /* those bytes (from fde_part_table) */
+  size_t nwatch;
+  bool watch_all;               /* not known: every write counts */
   char *warnings;               /* the warnings the last scan gave */
   bool started;                 /* the first scan is done: log changes */
   bool full_warned;             /* MAX_OBJECTS reached, said so */
@@ -136,6 +142,39 @@ looks_gpt(struct fde_disk *disk)
   return false;
 }
 
+/* From now on, writes count (view_files_written) if they touch the bytes
+ * tab was read from; takes tab->read. */
+static void
+watch(struct view_dir *dir, struct fde_part_table *tab)
+{
+  pthread_mutex_lock(&dir->watch_lock);
+  free(dir->watch);
+  dir->watch = tab->read;
+  dir->nwatch = tab->nread;
+  dir->watch_all = tab->read == NULL;
+  pthread_mutex_unlock(&dir->watch_lock);
+  tab->read = NULL;
+  tab->nread = 0;
+}
+
+/* Does [off, off + len) touch a watched range?  With watch_lock held. */
+static bool
+watched(struct view_dir *dir, uint64_t off, uint64_t len)
+{
+  size_t lo = 0, hi = dir->nwatch;
+
+  if (dir->watch_all)
+    return true;
+  while (lo < hi) {             /* the first range ending after off */
+    size_t mid = lo + (hi - lo) / 2;
+    if (dir->watch[mid].off + dir->watch[mid].len <= off)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < dir->nwatch && dir->watch[lo].off < off + len;
+}
+
 /* Read the table and check each entry: want[N] for the partitions shown,
  * one line per partition left out (or no table at all) written to
  * warnings.  0, or -errno if the table could not be read. */
@@ -143,16 +182,21 @@ static int
 read_table(struct export *exp, struct wanted want[VIEW_MAX_FILES],
            FILE *warnings)
 {
+  struct fde_part_table tab;
   struct fde_part_entry *parts;
   size_t nparts, said = 0;
-  const char *why;
-  char type[32];
+  const char *why, *type;
   uint64_t start, size;
-  int r = fde_partition_table_read(exp->disk, &parts, &nparts, type,
-                                   sizeof type);
+  int r = fde_part_table_details(exp->disk, &tab);
 
-  if (r < 0)
+  watch(exp->dir, &tab);        /* on failure: every write counts */
+  if (r < 0) {
+    fde_part_table_free(&tab);
     return r;
+  }
+  parts = tab.entries;
+  nparts = tab.nparts;
+  type = tab.type;
   if (nparts == 0 && looks_gpt(exp->disk))
     fprintf(warnings, "libblkid accepts no partition table on it (its GPT "
             "fails libblkid's checks, such as a bad CRC): only disk is "
@@ -170,7 +214,7 @@ read_table(struct export *exp, struct wanted want[VIEW_MAX_FILES],
   }
   if (said > MAX_WARNINGS)
     fprintf(warnings, "%zu more partitions left out\n", said - MAX_WARNINGS);
-  free(parts);
+  fde_part_table_free(&tab);
   return 0;
 }
 
@@ -297,6 +341,8 @@ view_files_open(struct export *exp)
   }
   pthread_rwlock_init(&dir->lock, NULL);
   pthread_mutex_init(&dir->rescan_lock, NULL);
+  pthread_mutex_init(&dir->watch_lock, NULL);
+  dir->watch_all = true;
   exp->dir = dir;
   pthread_mutex_lock(&dir->rescan_lock);
   scan(exp);
@@ -373,10 +419,20 @@ view_files_now(struct export *exp, struct view_file **files, size_t max)
 }
 
 void
-view_files_written(struct export *exp)
+view_files_written(struct export *exp, const struct view_file *f,
+                   uint64_t off, uint64_t len)
 {
-  if (exp->dir != NULL)
-    __atomic_store_n(&exp->dir->written, true, __ATOMIC_RELEASE);
+  struct view_dir *dir = exp->dir;
+  bool hit;
+
+  if (dir == NULL || len == 0
+      || __atomic_load_n(&dir->written, __ATOMIC_ACQUIRE))
+    return;
+  pthread_mutex_lock(&dir->watch_lock);
+  hit = watched(dir, f->start + off, len);
+  pthread_mutex_unlock(&dir->watch_lock);
+  if (hit)
+    __atomic_store_n(&dir->written, true, __ATOMIC_RELEASE);
 }
 
 void
@@ -435,8 +491,10 @@ view_files_close(struct export *exp)
     free_file(dir->objects[i]);
   free(dir->objects);
   free(dir->warnings);
+  free(dir->watch);
   pthread_rwlock_destroy(&dir->lock);
   pthread_mutex_destroy(&dir->rescan_lock);
+  pthread_mutex_destroy(&dir->watch_lock);
   free(dir);
   exp->dir = NULL;
 }

@@ -7,6 +7,7 @@
 # what was written through it is checked the same way after the revert.
 
 load helpers
+load partition-helpers
 
 setup() {
   common_setup
@@ -17,36 +18,6 @@ setup() {
 teardown() {
   undo_stacked_on_views
   common_teardown
-}
-
-# The MBR layout: three primaries, an extended partition (4) holding three
-# logical ones (5, 6, 7).  Start and size in 512-byte sectors.
-MBR_PARTS="1:2048:8192 2:10240:8192 3:18432:8192 5:28672:4096 6:34816:4096 7:40960:4096"
-# The GPT layout: entries 1, 2 and 128 (the gaps stay empty).
-GPT_PARTS="1:2048:4096 2:6144:4096 128:10240:4096"
-
-# make_mbr FILE: a 64 MiB raw disk full of random bytes with the MBR table.
-make_mbr() {
-  head -c 64M /dev/urandom >"$1"
-  printf '%s\n' 'label: dos' \
-    'start=2048, size=8192, type=83' 'start=10240, size=8192, type=83' \
-    'start=18432, size=8192, type=83' 'start=26624, type=5' \
-    'start=28672, size=4096, type=83' 'start=34816, size=4096, type=83' \
-    'start=40960, size=4096, type=83' | sfdisk --quiet "$1" >/dev/null 2>&1
-}
-
-# make_gpt FILE: a 64 MiB raw disk of random bytes with GPT entries 1, 2,
-# 128 (sfdisk numbers a partition by the name its line gives).
-make_gpt() {
-  head -c 64M /dev/urandom >"$1"
-  printf '%s\n' 'label: gpt' "$1""1 : start=2048, size=4096" \
-    "$1""2 : start=6144, size=4096" "$1""128 : start=10240, size=4096" |
-    sfdisk --quiet "$1" >/dev/null
-}
-
-# range FILE START SIZE: the bytes of sectors [START, START+SIZE) of FILE.
-range() {
-  dd if="$1" bs=512 skip="$2" count="$3" status=none
 }
 
 # check_every_partition IMAGE RAW PARTS: for each N:START:SIZE in PARTS,
@@ -209,15 +180,6 @@ refused() {
   nothing_mounted
   [ "$(sha "$1")" = "$before" ] || fail "the image changed"
 }
-
-# poke FILE OFFSET HEX: write bytes into a file.
-poke() {
-  printf "$(sed 's/\(..\)/\\x\1/g' <<<"$3")" |
-    dd of="$1" bs=1 seek="$2" conv=notrunc status=none
-}
-
-# le32 N: N as 4 little-endian bytes in hex.
-le32() { printf '%02x%02x%02x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
 
 @test "hostile tables are refused with one line naming the image and the partition" {
   # an entry ending past the disk's end (the table written for a larger
@@ -395,6 +357,26 @@ PY
   assert_line --partial "partition-table: none libblkid accepts"
   rss=$(sed -n 's/^maxrss //p' <<<"$output")
   [ "$rss" -lt 512000 ] || fail "--probe: max RSS $rss KiB"
+}
+
+@test "a logical partition whose 32-bit start wraps to sector 0 lies outside its extended partition: refused, and left out of -P" {
+  truncate -s 64M wrap.img
+  # MBR: an extended partition at 51200; its EBR: a logical starting
+  # 2^32 - 51200 sectors on, which libblkid adds in 32 bits to sector 0
+  poke wrap.img $((446 + 4)) 05
+  poke wrap.img $((446 + 8)) "$(le32 51200)$(le32 8000)"
+  poke wrap.img 510 55aa
+  poke wrap.img $((51200 * 512 + 446 + 4)) 83
+  poke wrap.img $((51200 * 512 + 446 + 8)) "$(le32 $(( (1 << 32) - 51200 )))$(le32 100)"
+  poke wrap.img $((51200 * 512 + 510)) 55aa
+  refused wrap.img 5 "it lies outside the partition that holds it"
+  mkdir dir
+  FG_MOUNT=dir start_fg -P dir wrap.img
+  [ "$(ls dir | tr '\n' ' ')" = "disk " ] || fail "dir holds $(ls dir)"
+  kill -INT "$FG_PID"
+  wait "$FG_PID"
+  run cat fg.err
+  assert_output --partial "wrap.img: partition 5 left out: it lies outside the partition that holds it"
 }
 
 @test "--partition works with --probe, and takes numbers from 1 only" {

@@ -8,6 +8,7 @@
 # through DIR/disk with sfdisk, as a user would.
 
 load helpers
+load partition-helpers
 
 setup() {
   common_setup
@@ -19,36 +20,6 @@ setup() {
 teardown() {
   undo_stacked_on_views
   common_teardown
-}
-
-# The MBR layout: three primaries, an extended partition (4) holding three
-# logical ones (5, 6, 7).  N:START:SIZE in 512-byte sectors.
-MBR_PARTS="1:2048:8192 2:10240:8192 3:18432:8192 5:28672:4096 6:34816:4096 7:40960:4096"
-# The GPT layout: entries 1, 2 and 128 (the gaps stay empty).
-GPT_PARTS="1:2048:4096 2:6144:4096 128:10240:4096"
-
-# make_mbr FILE: a 64 MiB raw disk full of random bytes with the MBR table.
-make_mbr() {
-  head -c 64M /dev/urandom >"$1"
-  printf '%s\n' 'label: dos' \
-    'start=2048, size=8192, type=83' 'start=10240, size=8192, type=83' \
-    'start=18432, size=8192, type=83' 'start=26624, type=5' \
-    'start=28672, size=4096, type=83' 'start=34816, size=4096, type=83' \
-    'start=40960, size=4096, type=83' | sfdisk --quiet "$1" >/dev/null 2>&1
-}
-
-# make_gpt FILE: a 64 MiB raw disk of random bytes with GPT entries 1, 2,
-# 128 (sfdisk numbers a partition by the name its line gives).
-make_gpt() {
-  head -c 64M /dev/urandom >"$1"
-  printf '%s\n' 'label: gpt' "$1""1 : start=2048, size=4096" \
-    "$1""2 : start=6144, size=4096" "$1""128 : start=10240, size=4096" |
-    sfdisk --quiet "$1" >/dev/null
-}
-
-# range FILE START SIZE: the bytes of sectors [START, START+SIZE) of FILE.
-range() {
-  dd if="$1" bs=512 skip="$2" count="$3" status=none
 }
 
 # files_in DIR: the names in DIR in the order readdir gives them.
@@ -72,15 +43,6 @@ check_dir() {
       fail "dir/p$n differs from its range of $raw"
   done
 }
-
-# poke FILE OFFSET HEX: write bytes into a file.
-poke() {
-  printf "$(sed 's/\(..\)/\\x\1/g' <<<"$3")" |
-    dd of="$1" bs=1 seek="$2" conv=notrunc status=none
-}
-
-# le32 N: N as 4 little-endian bytes in hex.
-le32() { printf '%02x%02x%02x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
 
 # dir_is_plain: dir is no mount point any more, and empty again.
 dir_is_plain() {
@@ -475,4 +437,35 @@ fuse-disk-export: warning: far.img: partition 3 left out: it overlaps an earlier
   wait "$FG_PID"
   run cat fg.err
   assert_output "fuse-disk-export: warning: bad.img: libblkid accepts no partition table on it (its GPT fails libblkid's checks, such as a bad CRC): only disk is shown"
+}
+
+@test "only writes that touch the table's sectors make a flush read the table again (the others cost no table read)" {
+  local shim=${FDE_BUILDDIR:-$FDE_SRCDIR}/tests/fault-shim.so
+  [ -f "$shim" ] || fail "$shim is missing: make check builds it (make tests/fault-shim.so)"
+  truncate -s 16M disk.img
+  printf 'label: dos\nstart=4096, size=4096, type=83\nstart=8192, size=4096, type=83\n' |
+    sfdisk --quiet disk.img >/dev/null
+  : >fault.ctl
+  FDE_FAULT_FILE=$WORK/disk.img FDE_FAULT_CTL=$WORK/fault.ctl LD_PRELOAD=$shim \
+    ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+    FG_MOUNT=dir start_fg -f raw -P dir disk.img
+  # from now on every read of the image fails: a table read would warn
+  echo "1 pread 1 EIO 0" >fault.tmp && mv fault.tmp fault.ctl
+  # data written (and fsynced) through disk between the partitions, past
+  # the first MiB, and through p2 past its first 64 KiB: no table read
+  head -c 64k /dev/urandom | dd of=dir/disk bs=64k seek=$((3 * 16)) conv=notrunc,fsync status=none
+  head -c 64k /dev/urandom | dd of=dir/p2 bs=64k seek=4 conv=notrunc,fsync status=none
+  [ ! -s fg.err ] || fail "the table was read again: $(cat fg.err)"
+  # a write into p1's first 64 KiB (where a nested label would be), and
+  # one to the MBR: each flush reads the table (and fails to)
+  head -c 4k /dev/urandom | dd of=dir/p1 bs=4k seek=2 conv=notrunc,fsync status=none
+  [ "$(grep -c 'cannot read the partition table' fg.err)" = 1 ] || fail "stderr: $(cat fg.err)"
+  head -c 512 disk.img >mbr           # the image file itself is not covered
+  dd if=mbr of=dir/disk bs=512 count=1 conv=notrunc,fsync status=none
+  [ "$(grep -c 'cannot read the partition table' fg.err)" = 2 ] || fail "stderr: $(cat fg.err)"
+  : >fault.tmp && mv fault.tmp fault.ctl
+  [ "$(files_in dir)" = "disk p1 p2" ] || fail "dir holds $(files_in dir)"
+  kill -INT "$FG_PID"
+  wait "$FG_PID"
+  dir_is_plain
 }

@@ -10,6 +10,7 @@
 # range.  tests/demo-partitions.sh, the walk-through, runs here too.
 
 load helpers
+load partition-helpers
 
 setup_file() {
   requires_root
@@ -73,11 +74,6 @@ P1="2048 8192"       # 1 MiB + 4 MiB
 P2="10240 65536"     # 5 MiB + 32 MiB
 P3="75776 16384"     # 37 MiB + 8 MiB
 DISK_SECTORS=131072
-
-# range FILE START SIZE: sectors [START, START+SIZE) of FILE.
-range() {
-  dd if="$1" bs=512 skip="$2" count="$3" status=none
-}
 
 # make_disk RAW: the layout, p1 and p3 full of random bytes, p2 empty;
 # sparse everywhere else.
@@ -490,4 +486,26 @@ for name in sys.argv[1:]:
   # it cleaned up after itself
   [ -z "$(ls -A "$WORK/u")" ] || fail "left behind: $(ls -A "$WORK/u")"
   nothing_mounted
+}
+
+@test "-P -r as an ordinary user on a root-owned image they may read: the files are theirs to read; --probe -r needs no write permission" {
+  requires_user_fuse
+  make_disk "$WORK/u/disk.raw"
+  qemu-img convert -O qcow2 "$WORK/u/disk.raw" "$WORK/u/root.qcow2"
+  chmod 0644 "$WORK/u/root.qcow2"           # root's, readable by all
+  local before
+  before=$(sha "$WORK/u/root.qcow2")
+  run in_u "$FDE" -r --probe root.qcow2
+  assert_success
+  assert_line "partition-table: gpt"
+  in_u mkdir parts
+  in_u "$FDE" -r -d -p user.pid -P parts root.qcow2 || fail "the user's export failed"
+  echo "$(cat "$WORK/u/user.pid")" >"$WORK/user-ro.pid"   # stopped by the teardown
+  run in_u stat -c '%U %a' parts parts/disk parts/p1
+  assert_output "$(printf '%s 500\n%s 400\n%s 400' "$TEST_USER" "$TEST_USER" "$TEST_USER")"
+  in_u cmp parts/disk disk.raw || fail "parts/disk differs from the image's disk"
+  range "$WORK/u/disk.raw" $P1 >"$WORK/u/p1.want"
+  in_u cmp parts/p1 p1.want || fail "p1 differs"
+  in_u "$FDE" --stop=user.pid || fail "--stop failed"
+  [ "$(sha "$WORK/u/root.qcow2")" = "$before" ] || fail "the image changed"
 }

@@ -343,8 +343,16 @@ check_entries(struct mem_disk *m, const struct fde_part_entry *parts,
                 (unsigned long long) start, (unsigned long long) len, i);
     if (shown[p->partno])
       fuzz_fail("partition %d accepted twice", p->partno);
+    /* a partition lies inside its outer one (extended, or the slice of a
+     * nested label) and overlaps no shown partition but that one */
+    uint64_t ostart = (uint64_t) p->outer_start * 512;
+    uint64_t olen = (uint64_t) p->outer_size * 512;
+    if (p->outer_size != 0 && (p->outer_size < 0 || start < ostart
+                               || len > olen - (start - ostart)))
+      fuzz_fail("partition %d lies outside its outer partition", p->partno);
     for (int k = 1; k <= MAX_NUMBER; k++)
-      if (shown[k] && win[k][0] < start + len && start < win[k][0] + win[k][1])
+      if (shown[k] && win[k][0] < start + len && start < win[k][0] + win[k][1]
+          && !(p->outer_size > 0 && win[k][0] == ostart && win[k][1] == olen))
         fuzz_fail("partitions %d and %d overlap", k, p->partno);
     shown[p->partno] = true;
     win[p->partno][0] = start;

@@ -164,17 +164,17 @@ test_pick(void)
 {
   const uint64_t disk = 64 << 20;
   struct fde_part_entry t[] = {
-    { 1, 2048, 8192, false },
-    { 4, 26624, 104448, true },
-    { 5, 28672, 4096, false },
-    { 6, 28672, 4096, false },                /* a loop's repeat */
-    { 7, 131000, 72, false },                 /* exactly to the end */
-    { 8, 131000, 73, false },                 /* one sector past it */
-    { 9, -1, 10, false },
-    { 10, INT64_MAX, 2, false },              /* *512 overflows */
-    { 11, 2048, INT64_MAX / 256, false },
-    { 12, 131072, 1, false },                 /* starts at the end */
-    { 13, 2048, 0, false },
+    { 1, 2048, 8192, false, 0, 0 },
+    { 4, 26624, 104448, true, 0, 0 },
+    { 5, 28672, 4096, false, 0, 0 },
+    { 6, 28672, 4096, false, 0, 0 },                /* a loop's repeat */
+    { 7, 131000, 72, false, 0, 0 },                 /* exactly to the end */
+    { 8, 131000, 73, false, 0, 0 },                 /* one sector past it */
+    { 9, -1, 10, false, 0, 0 },
+    { 10, INT64_MAX, 2, false, 0, 0 },              /* *512 overflows */
+    { 11, 2048, INT64_MAX / 256, false, 0, 0 },
+    { 12, 131072, 1, false, 0, 0 },                 /* starts at the end */
+    { 13, 2048, 0, false, 0, 0 },
   };
   size_t n = sizeof t / sizeof t[0];
   uint64_t start, size;
@@ -196,7 +196,7 @@ test_pick(void)
    * them (entry_check decides, for pick as for the directory view) */
   struct fde_part_entry *many = calloc(257, sizeof *many);
   for (int i = 0; i < 257; i++)
-    many[i] = (struct fde_part_entry) { i + 1, 2048 + i, 1, false };
+    many[i] = (struct fde_part_entry) { i + 1, 2048 + i, 1, false, 0, 0 };
   CHECK(pick(many, 256, disk, 1, &start, &size) == 0);
   CHECK(pick(many, 257, disk, 1, &start, &size) == 0);
   CHECK(pick(many, 257, disk, 256, &start, &size) == 0);
@@ -234,22 +234,22 @@ test_entry_reasons(void)
 {
   const uint64_t disk = 1 << 20;            /* 2048 sectors */
   struct fde_part_entry t[] = {
-    { 1, 100, 100, false },                 /* 0: fine */
-    { 0, 300, 10, false },                  /* 1: numbers start at 1 */
-    { 257, 320, 10, false },                /* 2: past Linux's 256 */
-    { -1, 340, 10, false },                 /* 3 */
-    { 2, 400, 600, true },                  /* 4: an extended container */
-    { 1, 360, 10, false },                  /* 5: number 1 again */
-    { 5, 100, 100, false },                 /* 6: entry 0 again (a loop) */
-    { 6, -8, 10, false },                   /* 7: before the disk */
-    { 7, 420, -1, false },                  /* 8: an end before the start */
-    { 8, INT64_MAX, 1, false },             /* 9: *512 overflows */
-    { 9, 440, 0, false },                   /* 10: empty */
-    { 10, 2048, 1, false },                 /* 11: starts at the end */
-    { 11, 2000, 49, false },                /* 12: one sector too long */
-    { 12, 150, 10, false },                 /* 13: inside entry 0 */
-    { 13, 2000, 48, false },                /* 14: to the last sector */
-    { 256, 460, 10, false },                /* 15: the last number */
+    { 1, 100, 100, false, 0, 0 },                 /* 0: fine */
+    { 0, 300, 10, false, 0, 0 },                  /* 1: numbers start at 1 */
+    { 257, 320, 10, false, 0, 0 },                /* 2: past Linux's 256 */
+    { -1, 340, 10, false, 0, 0 },                 /* 3 */
+    { 2, 400, 600, true, 0, 0 },                  /* 4: an extended container */
+    { 1, 360, 10, false, 0, 0 },                  /* 5: number 1 again */
+    { 5, 100, 100, false, 0, 0 },                 /* 6: entry 0 again (a loop) */
+    { 6, -8, 10, false, 0, 0 },                   /* 7: before the disk */
+    { 7, 420, -1, false, 0, 0 },                  /* 8: an end before the start */
+    { 8, INT64_MAX, 1, false, 0, 0 },             /* 9: *512 overflows */
+    { 9, 440, 0, false, 0, 0 },                   /* 10: empty */
+    { 10, 2048, 1, false, 0, 0 },                 /* 11: starts at the end */
+    { 11, 2000, 49, false, 0, 0 },                /* 12: one sector too long */
+    { 12, 150, 10, false, 0, 0 },                 /* 13: inside entry 0 */
+    { 13, 2000, 48, false, 0, 0 },                /* 14: to the last sector */
+    { 256, 460, 10, false, 0, 0 },                /* 15: the last number */
   };
   size_t n = sizeof t / sizeof t[0];
 
@@ -295,17 +295,17 @@ test_entry_overlap(void)
 {
   const uint64_t disk = 1 << 20;
   struct fde_part_entry t[] = {
-    { 1, 100, 100, false },                 /* 0: [100, 200) */
-    { 2, 50, 60, false },                   /* 1: [50, 110) */
-    { 3, 200, 10, false },                  /* 2: touches 0's end: fine */
-    { 4, 1000, 2000, false },               /* 3: past the end */
-    { 5, 1500, 100, false },                /* 4: inside 3 only: fine */
-    { 6, 300, 1000, true },                 /* 5: extended, around 6 */
-    { 7, 400, 50, false },                  /* 6: a logical in it: fine */
-    { 8, 40, 200, false },                  /* 7: over 0 and 1 */
-    { 9, 199, 1, false },                   /* 8: 0's last sector */
-    { 10, 1700, 348, false },               /* 9: to the end, after 4 */
-    { 11, 0, 2048, false },                 /* 10: the whole disk */
+    { 1, 100, 100, false, 0, 0 },                 /* 0: [100, 200) */
+    { 2, 50, 60, false, 0, 0 },                   /* 1: [50, 110) */
+    { 3, 200, 10, false, 0, 0 },                  /* 2: touches 0's end: fine */
+    { 4, 1000, 2000, false, 0, 0 },               /* 3: past the end */
+    { 5, 1500, 100, false, 0, 0 },                /* 4: inside 3 only: fine */
+    { 6, 300, 1000, true, 0, 0 },                 /* 5: extended, around 6 */
+    { 7, 400, 50, false, 0, 0 },                  /* 6: a logical in it: fine */
+    { 8, 40, 200, false, 0, 0 },                  /* 7: over 0 and 1 */
+    { 9, 199, 1, false, 0, 0 },                   /* 8: 0's last sector */
+    { 10, 1700, 348, false, 0, 0 },               /* 9: to the end, after 4 */
+    { 11, 0, 2048, false, 0, 0 },                 /* 10: the whole disk */
   };
   size_t n = sizeof t / sizeof t[0];
 
@@ -335,12 +335,39 @@ test_entry_overlap(void)
 /* An entry refused for overlapping knocks out nothing, as it is not
  * shown: [100, 200) shown, [150, 250) refused, [220, 300) overlaps only the
  * refused one and is shown. */
+/* Outer partitions: a DOS logical must lie inside its extended
+ * partition (5 does not: libblkid's 32-bit sum wrapped it to sector 0),
+ * and may overlap nothing but it; a nested label's partition (6) may
+ * overlap its slice (1) and nothing else; a logical with no extended
+ * partition (outer_size -1) lies inside none. */
+static void
+test_entry_outer(void)
+{
+  const uint64_t disk = 1 << 30;
+  struct fde_part_entry t[] = {
+    { 1, 2048, 4096, false, 0, 0 },
+    { 4, 8192, 8192, true, 0, 0 },
+    { 5, 0, 100, false, 8192, 8192 },
+    { 6, 2048, 1024, false, 2048, 4096 },
+    { 7, 8200, 100, false, 8192, 8192 },
+    { 8, 3000, 1000, false, 8192, 8192 },
+    { 9, 20000, 100, false, 0, -1 },
+  };
+
+  CHECK(entry_check(t, 7, 0, disk, NULL) == 0);
+  CHECK(entry_check(t, 7, 2, disk, "outside the partition that holds it") != 0);
+  CHECK(entry_check(t, 7, 3, disk, NULL) == 0);
+  CHECK(entry_check(t, 7, 4, disk, NULL) == 0);
+  CHECK(entry_check(t, 7, 5, disk, "outside the partition that holds it") != 0);
+  CHECK(entry_check(t, 7, 6, disk, "outside the partition that holds it") != 0);
+}
+
 static void
 test_entry_overlap_refused_earlier(void)
 {
   const uint64_t disk = 1 << 20;
   struct fde_part_entry t[] = {
-    { 1, 100, 100, false }, { 2, 150, 100, false }, { 3, 220, 80, false },
+    { 1, 100, 100, false, 0, 0 }, { 2, 150, 100, false, 0, 0 }, { 3, 220, 80, false, 0, 0 },
   };
 
   CHECK(entry_check(t, 3, 0, disk, NULL) == 0);
@@ -357,7 +384,7 @@ test_entry_cap(void)
   struct fde_part_entry *t = calloc(300, sizeof *t);
 
   for (int i = 0; i < 300; i++)             /* numbers 1..300, disjoint */
-    t[i] = (struct fde_part_entry) { i + 1, 100 + 2 * i, 1, false };
+    t[i] = (struct fde_part_entry) { i + 1, 100 + 2 * i, 1, false, 0, 0 };
   for (size_t i = 0; i < 256; i++)
     CHECK(entry_check(t, 300, i, disk, NULL) == 0);
   for (size_t i = 256; i < 300; i++)
@@ -466,6 +493,7 @@ main(void)
   test_entry_reasons();
   test_entry_overlap();
   test_entry_overlap_refused_earlier();
+  test_entry_outer();
   test_entry_cap();
   test_window_layer();
   test_guard();
