@@ -404,26 +404,33 @@ fill_entry(struct fde_part_table *tab, size_t i, blkid_partition p)
   copy_string(info->uuid, sizeof info->uuid, blkid_partition_get_uuid(p));
 }
 
-/* A DOS logical partition must lie inside the (one) extended partition
- * of its table: make that its outer partition. */
+/* A DOS logical partition must lie inside an extended partition of its
+ * table (libblkid and Linux follow the chain of every extended primary):
+ * make the one holding its first sector its outer partition, or, if none
+ * does, the first one (which it then lies outside). */
 static void
 set_dos_containers(struct fde_part_table *tab, blkid_partlist ls)
 {
-  const struct fde_part_entry *ext = NULL;
-
-  for (size_t i = 0; i < tab->nparts && ext == NULL; i++)
-    if (tab->entries[i].extended)
-      ext = &tab->entries[i];
   for (size_t i = 0; i < tab->nparts; i++) {
     blkid_partition p = blkid_partlist_get_partition(ls, (int) i);
     blkid_parttable pt = blkid_partition_get_table(p);
+    struct fde_part_entry *e = &tab->entries[i];
+    const struct fde_part_entry *ext = NULL;
     if (pt == NULL || blkid_parttable_get_parent(pt) != NULL
         || !blkid_partition_is_logical(p))
       continue;
-    /* a logical with no extended partition: an empty outer range,
-     * which no window lies inside */
-    tab->entries[i].outer_start = ext != NULL ? ext->start : 0;
-    tab->entries[i].outer_size = ext != NULL ? ext->size : -1;
+    for (size_t k = 0; k < tab->nparts; k++) {
+      const struct fde_part_entry *x = &tab->entries[k];
+      if (!x->extended)
+        continue;
+      if (ext == NULL || (e->start >= x->start && e->start - x->start < x->size))
+        ext = x;
+      if (e->start >= x->start && e->start - x->start < x->size)
+        break;
+    }
+    /* none: an empty outer range, which no window lies inside */
+    e->outer_start = ext != NULL ? ext->start : 0;
+    e->outer_size = ext != NULL ? ext->size : -1;
   }
 }
 

@@ -300,12 +300,19 @@ fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
   for (size_t k = 0; k <= i; k++) {
     const char *kwhy = NULL;
     int r = entry_alone(parts, k, disk_size, &ks[k], &kn[k], &kwhy);
-    for (size_t j = 0; r == 0 && j < k; j++)
+    for (size_t j = 0; r == 0 && j < k; j++) {
       if (shown[j] && ks[j] < ks[k] + kn[k] && ks[k] < ks[j] + kn[j]
           && !is_outer(parts, j, k)) {
         kwhy = "it overlaps an earlier partition of the table";
         r = -EINVAL;
       }
+      /* a nested label read from a slice that is not shown decides
+       * nothing (its sectors may be another partition's) */
+      if (r == 0 && !shown[j] && !parts[j].extended && is_outer(parts, j, k)) {
+        kwhy = "the partition holding its label is not shown";
+        r = -EINVAL;
+      }
+    }
     shown[k] = r == 0;
     if (k == i) {
       *why = kwhy;

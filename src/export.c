@@ -442,6 +442,25 @@ add_layers(struct export *exp, bool probed_raw)
   return r == -ENOMEM || r == -EIO ? EXIT_FAIL : EXIT_IMAGE;
 }
 
+/* A user other than root may export an image someone else owns (one
+ * they may write through its group, or read with -r) only onto a -m file
+ * or -P directory: a view on the image's own path would take that path
+ * from its owner, who cannot reach a user's mount (allow_other aside).
+ * An exit status. */
+static int
+check_view_place(struct export *exp)
+{
+  const struct options *o = exp->opts;
+
+  if (geteuid() == 0 || exp->image_st.st_uid == geteuid() || o->probe_only
+      || o->mountpoint != NULL || o->partitions_dir != NULL)
+    return 0;
+  fde_error("%s: owned by another user (uid %u): a user other than root "
+            "shows it only on a -m file or -P directory, not on its own path",
+            exp->image, (unsigned) exp->image_st.st_uid);
+  return EXIT_IMAGE;
+}
+
 /* Open the image and its whole chain; nothing is mounted.  An exit status. */
 int
 export_open(struct export *exp, const struct options *opts, const char *image)
@@ -467,6 +486,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   if ((r = resolve_unmounted(image, &abspath)) != 0)
     goto out;
   if ((r = open_image_file(exp, abspath, &fd)) != 0
+      || (r = check_view_place(exp)) != 0
       || (r = claim_export(exp, abspath, fd)) != 0
       || (r = check_same_file(exp)) != 0
       || (r = choose_format(exp, fd, &fmt, &probed_raw)) != 0)

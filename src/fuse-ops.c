@@ -465,11 +465,17 @@ update(struct export *exp, struct view_file *f, const void *buf,
        uint64_t len, uint64_t off, bool punch)
 {
   struct fde_disk *d = f->disk;
+  int r;
 
-  view_files_written(exp, f, off, len);
   if (buf != NULL)
-    return d->format->pwrite(d, buf, (size_t) len, off);
-  return d->format->zero(d, off, len, punch);
+    r = d->format->pwrite(d, buf, (size_t) len, off);
+  else
+    r = d->format->zero(d, off, len, punch);
+  /* after the write (failed or not: part of it may have landed), so that
+   * a rescan that ran meanwhile cannot have taken the mark for bytes it
+   * did not see */
+  view_files_written(exp, f, off, len);
+  return r;
 }
 
 /** Write; a write starting at or past the end gets ENOSPC, as on a disk. */

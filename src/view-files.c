@@ -41,10 +41,13 @@ struct view_dir {
   pthread_mutex_t rescan_lock;  /* one scan at a time; what follows */
   bool written;                 /* (atomic) a write touched the bytes the
                                  * last scan read the table from */
-  pthread_mutex_t watch_lock;   /* watch, nwatch, watch_all */
+  pthread_mutex_t watch_lock;   /* watch, nwatch, watch_all, scanning */
   struct fde_byte_range *watch; /* those bytes (from fde_part_table) */
   size_t nwatch;
   bool watch_all;               /* not known: every write counts */
+  bool scanning;                /* a scan is reading the table: every
+                                 * write counts (the list it will give is
+                                 * not known yet) */
   char *warnings;               /* the warnings the last scan gave */
   bool started;                 /* the first scan is done: log changes */
   bool full_warned;             /* MAX_OBJECTS reached, said so */
@@ -152,6 +155,7 @@ watch(struct view_dir *dir, struct fde_part_table *tab)
   dir->watch = tab->read;
   dir->nwatch = tab->nread;
   dir->watch_all = tab->read == NULL;
+  dir->scanning = false;
   pthread_mutex_unlock(&dir->watch_lock);
   tab->read = NULL;
   tab->nread = 0;
@@ -163,7 +167,7 @@ watched(struct view_dir *dir, uint64_t off, uint64_t len)
 {
   size_t lo = 0, hi = dir->nwatch;
 
-  if (dir->watch_all)
+  if (dir->watch_all || dir->scanning)
     return true;
   while (lo < hi) {             /* the first range ending after off */
     size_t mid = lo + (hi - lo) / 2;
@@ -435,6 +439,14 @@ view_files_written(struct export *exp, const struct view_file *f,
     __atomic_store_n(&dir->written, true, __ATOMIC_RELEASE);
 }
 
+static void
+set_scanning(struct view_dir *dir, bool on)
+{
+  pthread_mutex_lock(&dir->watch_lock);
+  dir->scanning = on;
+  pthread_mutex_unlock(&dir->watch_lock);
+}
+
 void
 view_files_rescan(struct export *exp)
 {
@@ -443,10 +455,15 @@ view_files_rescan(struct export *exp)
   if (dir == NULL)
     return;
   pthread_mutex_lock(&dir->rescan_lock);
-  /* cleared before the table is read: a write after this is read by the
-   * next scan */
+  /* From here until the scan installs the ranges it read (watch), every
+   * write that completes counts, whatever it touched; the mark is
+   * cleared before the table is read, and writers set it after their
+   * write has landed: a write this scan may have missed is read by the
+   * next one. */
+  set_scanning(dir, true);
   if (__atomic_exchange_n(&dir->written, false, __ATOMIC_ACQ_REL))
     scan(exp);
+  set_scanning(dir, false);
   pthread_mutex_unlock(&dir->rescan_lock);
 }
 

@@ -379,6 +379,45 @@ PY
   assert_output --partial "wrap.img: partition 5 left out: it lies outside the partition that holds it"
 }
 
+@test "two extended partitions: the logicals of each lie inside theirs and are shown (as partx shows them)" {
+  truncate -s 16M two.img
+  # MBR: extended (0x85) at 2048+8192, extended (0x0f) at 10240+8192;
+  # EBRs: 5 and 6 in the first (6 to its very end), 7 in the second
+  poke two.img $((446 + 4)) 85
+  poke two.img $((446 + 8)) "$(le32 2048)$(le32 8192)"
+  poke two.img $((446 + 16 + 4)) 0f
+  poke two.img $((446 + 16 + 8)) "$(le32 10240)$(le32 8192)"
+  poke two.img 510 55aa
+  ebr() {   # ebr SECTOR REL-START SIZE [LINK-REL LINK-SIZE]
+    poke two.img $(($1 * 512 + 446 + 4)) 83
+    poke two.img $(($1 * 512 + 446 + 8)) "$(le32 "$2")$(le32 "$3")"
+    if [ $# -gt 3 ]; then
+      poke two.img $(($1 * 512 + 446 + 16 + 4)) 05
+      poke two.img $(($1 * 512 + 446 + 16 + 8)) "$(le32 "$4")$(le32 "$5")"
+    fi
+    poke two.img $(($1 * 512 + 510)) 55aa
+  }
+  ebr 2048 1 2047 4096 4096
+  ebr 6144 1 4095
+  ebr 10240 1 8191
+  local want n
+  want=$(partx --show --noheadings -o NR,START,SECTORS two.img | awk '$1 >= 5')
+  [ "$(wc -l <<<"$want")" = 3 ] || fail "partx shows: $want"
+  for n in 5 6 7; do
+    run "$FDE" -n --partition="$n" two.img
+    assert_success
+    read -r _ start size < <(awk -v n="$n" '$1 == n' <<<"$want")
+    assert_line "partition-start: $((start * 512))"
+    assert_line "partition-size: $((size * 512))"
+  done
+  mkdir dir
+  FG_MOUNT=dir start_fg -P dir two.img
+  [ "$(ls dir | tr '\n' ' ')" = "disk p5 p6 p7 " ] || fail "dir holds $(ls dir)"
+  kill -INT "$FG_PID"
+  wait "$FG_PID"
+  [ ! -s fg.err ] || fail "stderr: $(cat fg.err)"
+}
+
 @test "--partition works with --probe, and takes numbers from 1 only" {
   make_mbr disk.img
   run "$FDE" -n --partition=5 disk.img

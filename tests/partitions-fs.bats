@@ -509,3 +509,24 @@ for name in sys.argv[1:]:
   in_u "$FDE" --stop=user.pid || fail "--stop failed"
   [ "$(sha "$WORK/u/root.qcow2")" = "$before" ] || fail "the image changed"
 }
+
+@test "an ordinary user may not show another user's group-writable image on its own path (exit 3), only on -P or -m of their own" {
+  requires_user_fuse
+  make_disk "$WORK/u/disk.raw"
+  qemu-img convert -O qcow2 "$WORK/u/disk.raw" "$WORK/u/shared.qcow2"
+  chgrp "$(id -gn "$TEST_USER")" "$WORK/u/shared.qcow2"
+  chmod 0664 "$WORK/u/shared.qcow2"          # root's, writable by the group
+  local before
+  before=$(sha "$WORK/u/shared.qcow2")
+  run in_u "$FDE" -d -p user.pid shared.qcow2
+  assert_failure 3
+  assert_output "fuse-disk-export: shared.qcow2: owned by another user (uid 0): a user other than root shows it only on a -m file or -P directory, not on its own path"
+  is_mounted "$WORK/u/shared.qcow2" && fail "the image's path was mounted over"
+  in_u mkdir parts
+  in_u "$FDE" -d -p user.pid -P parts shared.qcow2 || fail "the -P export failed"
+  echo "$(cat "$WORK/u/user.pid")" >"$WORK/user-gw.pid"   # stopped by the teardown
+  run in_u stat -c '%U %a' parts/p2
+  assert_output "$TEST_USER 600"
+  in_u "$FDE" --stop=user.pid || fail "--stop failed"
+  [ "$(sha "$WORK/u/shared.qcow2")" = "$before" ] || fail "the image changed"
+}

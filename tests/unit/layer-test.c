@@ -360,6 +360,16 @@ test_entry_outer(void)
   CHECK(entry_check(t, 7, 4, disk, NULL) == 0);
   CHECK(entry_check(t, 7, 5, disk, "outside the partition that holds it") != 0);
   CHECK(entry_check(t, 7, 6, disk, "outside the partition that holds it") != 0);
+
+  /* a nested label's partition whose slice (2) is refused (it overlaps
+   * 1): refused too, its label being read from another's sectors */
+  struct fde_part_entry u[] = {
+    { 1, 2048, 4096, false, 0, 0 },
+    { 2, 4096, 8192, false, 0, 0 },
+    { 5, 8192, 4096, false, 4096, 8192 },
+  };
+  CHECK(entry_check(u, 3, 1, disk, "overlaps") != 0);
+  CHECK(entry_check(u, 3, 2, disk, "holding its label is not shown") != 0);
 }
 
 static void
