@@ -180,3 +180,44 @@ PY
   stop_export
   qemu-img check -q disk.qcow2
 }
+
+@test "a table write racing another file's fsync is still followed when its own fsync returns" {
+  truncate -s 64M disk.img
+  printf 'start=2048, size=8192, type=83\n' | sfdisk --quiet disk.img >/dev/null
+  FG_MOUNT=dir start_fg -P dir disk.img
+  # one thread fsyncs p1 without pause (each fsync may read the table);
+  # the main one adds and removes p2's entry through disk, fsyncs, and
+  # looks: a rescan run by p1's fsync between the write and its mark
+  # used to take the mark, leaving the directory one change behind
+  run "$PYTHON" - "$WORK/dir" 1000 <<'PY'
+import os, struct, sys, threading
+d, n = sys.argv[1], int(sys.argv[2])
+stop = False
+def flusher():
+    fd = os.open(d + '/p1', os.O_RDWR)
+    while not stop:
+        os.fsync(fd)
+    os.close(fd)
+t = threading.Thread(target=flusher)
+t.start()
+fd = os.open(d + '/disk', os.O_RDWR)
+mbr = bytearray(os.pread(fd, 512, 0))
+bad = 0
+for k in range(n):
+    on = k % 2 == 0
+    mbr[462:478] = struct.pack('<B3sB3sII', 0, bytes(3), 0x83 if on else 0,
+                               bytes(3), 20480 if on else 0, 8192 if on else 0)
+    os.pwrite(fd, bytes(mbr), 0)
+    os.fsync(fd)
+    if os.path.exists(d + '/p2') != on:
+        bad += 1
+        print('change', k, 'not followed: p2', 'missing' if on else 'still there')
+stop = True
+t.join()
+print('%d of %d changes not followed' % (bad, n))
+sys.exit(1 if bad else 0)
+PY
+  assert_success
+  kill -INT "$FG_PID"
+  wait "$FG_PID"
+}
