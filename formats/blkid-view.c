@@ -74,7 +74,7 @@ struct area {
   uint64_t base;                /* the area's first byte in the disk */
   uint64_t size;                /* its length in bytes, the memfd's size */
   int memfd;
-  /* the ranges copied (area offsets), when asked for (track) */
+  /* the ranges copied (bytes of the disk), when asked for (track) */
   bool track;
   bool track_failed;            /* out of memory: the list is incomplete */
   struct fde_byte_range *copied;
@@ -275,9 +275,9 @@ copy_ebr_chain(struct area *a, uint64_t ext)
     if (get16(sec + 510) != 0xaa55)
       return 0;
     /* The link is the first extended entry (libblkid and Linux take no
-     * other; the rest are junk).  One pointing at start 0 ends the chain
-     * for libblkid, or is skipped: follow the first with a start, which
-     * copies what libblkid reads either way. */
+     * other; the rest are junk).  Following the first one with a nonzero
+     * start copies what libblkid reads whether it ends the chain at a
+     * link to start 0 or goes on past it (more copied is harmless). */
     uint64_t next = 0;
     for (int i = 0; i < 4; i++) {
       const uint8_t *e = sec + 446 + 16 * i;
@@ -331,7 +331,7 @@ hide_huge_gpts(struct area *a)
   uint64_t alternate = memcmp(h, "EFI PART", 8) == 0 ? get64(h + 32) : last;
   if ((r = hide_huge_gpt(a, 1)) < 0 || (r = hide_huge_gpt(a, last)) < 0)
     return r;
-  if (alternate != 1 && alternate != last && alternate <= last)
+  if (alternate > 1 && alternate < last)
     r = hide_huge_gpt(a, alternate);
   return r;
 }
@@ -407,7 +407,10 @@ fill_entry(struct fde_part_table *tab, size_t i, blkid_partition p)
 /* A DOS logical partition must lie inside an extended partition of its
  * table (libblkid and Linux follow the chain of every extended primary):
  * make the one holding its first sector its outer partition, or, if none
- * does, the first one (which it then lies outside). */
+ * does, the first one (which it then lies outside).  libblkid does not
+ * say which chain gave a logical: one of B's chain that libblkid's 32-bit
+ * sum put inside A is judged against A, which only keeps it inside some
+ * extended partition (it is still checked against every shown one). */
 static void
 set_dos_containers(struct fde_part_table *tab, blkid_partlist ls)
 {

@@ -271,12 +271,24 @@ entry_alone(const struct fde_part_entry *parts, size_t i, uint64_t disk_size,
   return 0;
 }
 
-/* Is parts[j] the outer partition of parts[k] (which may overlap it)? */
+/* Is parts[j] the slice whose nested label gave parts[k] (which may then
+ * overlap it)?  Only a slice, never an extended partition: a logical
+ * overlaps nothing shown.  A range that is also an extended entry's is a
+ * logical's outer partition, whatever else repeats it. */
 static bool
-is_outer(const struct fde_part_entry *parts, size_t j, size_t k)
+is_slice_of(const struct fde_part_entry *parts, size_t nparts, size_t j,
+            size_t k)
 {
-  return parts[k].outer_size > 0 && parts[j].start == parts[k].outer_start
-    && parts[j].size == parts[k].outer_size;
+  const struct fde_part_entry *o = &parts[k];
+
+  if (o->outer_size <= 0 || parts[j].extended
+      || parts[j].start != o->outer_start || parts[j].size != o->outer_size)
+    return false;
+  for (size_t x = 0; x < nparts; x++)
+    if (parts[x].extended && parts[x].start == o->outer_start
+        && parts[x].size == o->outer_size)
+      return false;
+  return true;
 }
 
 int
@@ -300,18 +312,22 @@ fde_partition_entry_check(const struct fde_part_entry *parts, size_t nparts,
   for (size_t k = 0; k <= i; k++) {
     const char *kwhy = NULL;
     int r = entry_alone(parts, k, disk_size, &ks[k], &kn[k], &kwhy);
+    bool has_slice = false, slice_shown = false;
     for (size_t j = 0; r == 0 && j < k; j++) {
-      if (shown[j] && ks[j] < ks[k] + kn[k] && ks[k] < ks[j] + kn[j]
-          && !is_outer(parts, j, k)) {
+      bool slice = is_slice_of(parts, nparts, j, k);
+      has_slice |= slice;
+      slice_shown |= slice && shown[j];
+      if (shown[j] && !slice && ks[j] < ks[k] + kn[k]
+          && ks[k] < ks[j] + kn[j]) {
         kwhy = "it overlaps an earlier partition of the table";
         r = -EINVAL;
       }
-      /* a nested label read from a slice that is not shown decides
-       * nothing (its sectors may be another partition's) */
-      if (r == 0 && !shown[j] && !parts[j].extended && is_outer(parts, j, k)) {
-        kwhy = "the partition holding its label is not shown";
-        r = -EINVAL;
-      }
+    }
+    /* a nested label read from a slice that is not shown decides nothing
+     * (its sectors may be another partition's) */
+    if (r == 0 && has_slice && !slice_shown) {
+      kwhy = "the partition holding its label is not shown";
+      r = -EINVAL;
     }
     shown[k] = r == 0;
     if (k == i) {

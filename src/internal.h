@@ -163,15 +163,17 @@ view_file_gone(const struct view_file *f)
 {
   return __atomic_load_n(&f->gone, __ATOMIC_ACQUIRE);
 }
-/* [off, off + len) (bytes of f) is about to be written or zeroed
- * through f (-P; any file): if it touches the bytes the partition table
- * was last read from, the next view_files_rescan reads it again. */
+/* [off, off + len) (bytes of f) was just written or zeroed through f, or
+ * tried (-P; any file; called after the write has landed): if it touches
+ * the bytes the partition table was last read from, or lands while a
+ * scan reads the table and touches what that scan read, the next
+ * view_files_rescan reads the table again. */
 void view_files_written(struct export *exp, const struct view_file *f,
                         uint64_t off, uint64_t len);
 /* Read the partition table again if a write touched its bytes since the
- * last time, and make the files follow it (-P; called after every FLUSH
- * and FSYNC of a file opened for writing).  Serialised; may run while
- * other requests are served. */
+ * last time (or the last read failed), and make the files follow it (-P;
+ * called after every FLUSH of a descriptor that may write and every
+ * FSYNC).  Serialised; may run while other requests are served. */
 void view_files_rescan(struct export *exp);
 /* "disk, p1, p2" into out; the number of partitions. */
 unsigned view_files_names(struct export *exp, FILE *out);

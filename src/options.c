@@ -81,7 +81,7 @@ usage(void)
 "  -P, --partitions=DIR     mount a directory on DIR (an existing empty\n"
 "                           directory) instead: the file 'disk' is the whole\n"
 "                           disk, p1, p2, ... its partitions, which follow\n"
-"                           the table when it is changed through 'disk';\n"
+"                           the table when it is changed (through 'disk');\n"
 "                           one image only (with -n: DIR is checked, nothing\n"
 "                           is mounted)\n"
 "      --cache-size=BYTES   qcow2 metadata cache budget per qcow2 layer\n"

@@ -7,8 +7,9 @@
  * fde_partition_entry_check accepts, each a window (formats/partition.c)
  * over that same disk, so that all of them show the same bytes.
  *
- * When the table is changed through "disk" (sfdisk, parted), the files
- * follow it once the writer closes or fsyncs "disk" (view_files_rescan):
+ * When the table is changed (sfdisk, parted on "disk"), the files follow
+ * it once the writer closes or fsyncs its file (view_files_rescan; only
+ * writes that touched the bytes the table was read from count):
  * a partition at the same place keeps its file; one with the same start
  * and a new size keeps its file, resized; one moved or removed loses it
  * (marked gone: every operation on it fails with EIO) and a partition at
@@ -32,6 +33,7 @@
 #define FIRST_INO 2             /* FUSE_ROOT_ID is the directory */
 #define MAX_OBJECTS 4096        /* files made over the export's life */
 #define MAX_WARNINGS 32         /* left-out partitions named one by one */
+#define MAX_SCAN_WRITES 64      /* writes kept while a scan reads */
 
 struct view_dir {
   pthread_rwlock_t lock;        /* objects, nobjects, current */
@@ -39,15 +41,24 @@ struct view_dir {
   size_t nobjects, cap;
   struct view_file *current[VIEW_MAX_FILES];  /* [0] disk, [N] pN, or NULL */
   pthread_mutex_t rescan_lock;  /* one scan at a time; what follows */
-  bool written;                 /* (atomic) a write touched the bytes the
-                                 * last scan read the table from */
-  pthread_mutex_t watch_lock;   /* watch, nwatch, watch_all, scanning */
-  struct fde_byte_range *watch; /* those bytes (from fde_part_table) */
+  /* When is the table read again?  Only after a write touched the bytes
+   * the last scan read it from (watch): nothing else can change what
+   * libblkid finds.  All of this is under watch_lock. */
+  pthread_mutex_t watch_lock;
+  bool written;                 /* such a write landed: the next rescan
+                                 * reads the table */
+  struct fde_byte_range *watch; /* the bytes (fde_part_table.read) */
   size_t nwatch;
-  bool watch_all;               /* not known: every write counts */
-  bool scanning;                /* a scan is reading the table: every
-                                 * write counts (the list it will give is
-                                 * not known yet) */
+  bool watch_all;               /* not known (no scan yet, or it failed):
+                                 * every write counts */
+  bool scanning;                /* a scan is reading the table: writes that
+                                 * land meanwhile are kept in scan_writes,
+                                 * and checked against the bytes it read */
+  struct fde_byte_range scan_writes[MAX_SCAN_WRITES];
+  size_t nscan_writes;
+  bool scan_writes_lost;        /* more than MAX_SCAN_WRITES: all count */
+  bool read_failed;             /* the last scan could not read the table
+                                 * (said once, until one can) */
   char *warnings;               /* the warnings the last scan gave */
   bool started;                 /* the first scan is done: log changes */
   bool full_warned;             /* MAX_OBJECTS reached, said so */
@@ -145,46 +156,70 @@ looks_gpt(struct fde_disk *disk)
   return false;
 }
 
-/* From now on, writes count (view_files_written) if they touch the bytes
- * tab was read from; takes tab->read. */
-static void
-watch(struct view_dir *dir, struct fde_part_table *tab)
-{
-  pthread_mutex_lock(&dir->watch_lock);
-  free(dir->watch);
-  dir->watch = tab->read;
-  dir->nwatch = tab->nread;
-  dir->watch_all = tab->read == NULL;
-  dir->scanning = false;
-  pthread_mutex_unlock(&dir->watch_lock);
-  tab->read = NULL;
-  tab->nread = 0;
-}
-
-/* Does [off, off + len) touch a watched range?  With watch_lock held. */
+/* Does [off, off + len) touch a byte of ranges (sorted, disjoint)? */
 static bool
-watched(struct view_dir *dir, uint64_t off, uint64_t len)
+touches(const struct fde_byte_range *ranges, size_t n, uint64_t off,
+        uint64_t len)
 {
-  size_t lo = 0, hi = dir->nwatch;
+  size_t lo = 0, hi = n;
 
-  if (dir->watch_all || dir->scanning)
-    return true;
   while (lo < hi) {             /* the first range ending after off */
     size_t mid = lo + (hi - lo) / 2;
-    if (dir->watch[mid].off + dir->watch[mid].len <= off)
+    if (ranges[mid].off + ranges[mid].len <= off)
       lo = mid + 1;
     else
       hi = mid;
   }
-  return lo < dir->nwatch && dir->watch[lo].off < off + len;
+  return lo < n && ranges[lo].off < off + len;
+}
+
+/* A scan begins reading the table, if a write asked for one: true, and
+ * the writes that land from now on are kept (scan_writes). */
+static bool
+begin_scan(struct view_dir *dir)
+{
+  bool go;
+
+  pthread_mutex_lock(&dir->watch_lock);
+  go = dir->written;
+  if (go) {
+    dir->written = false;
+    dir->scanning = true;
+    dir->nscan_writes = 0;
+    dir->scan_writes_lost = false;
+  }
+  pthread_mutex_unlock(&dir->watch_lock);
+  return go;
+}
+
+/* The scan is over: from now on writes count if they touch read (the
+ * bytes it read the table from, nread ranges; taken), and so do the
+ * writes that landed while it read, which it may have missed.  read NULL:
+ * the scan failed; the next rescan tries again. */
+static void
+end_scan(struct view_dir *dir, struct fde_byte_range *read, size_t nread)
+{
+  pthread_mutex_lock(&dir->watch_lock);
+  free(dir->watch);
+  dir->watch = read;
+  dir->nwatch = nread;
+  dir->watch_all = read == NULL;
+  if (read == NULL || dir->scan_writes_lost)
+    dir->written = true;
+  for (size_t i = 0; i < dir->nscan_writes && !dir->written; i++)
+    dir->written = touches(read, nread, dir->scan_writes[i].off,
+                           dir->scan_writes[i].len);
+  dir->scanning = false;
+  pthread_mutex_unlock(&dir->watch_lock);
 }
 
 /* Read the table and check each entry: want[N] for the partitions shown,
  * one line per partition left out (or no table at all) written to
- * warnings.  0, or -errno if the table could not be read. */
+ * warnings, the bytes it was read from in *read (malloc'd, *nread
+ * ranges).  0, or -errno if the table could not be read. */
 static int
 read_table(struct export *exp, struct wanted want[VIEW_MAX_FILES],
-           FILE *warnings)
+           FILE *warnings, struct fde_byte_range **read, size_t *nread)
 {
   struct fde_part_table tab;
   struct fde_part_entry *parts;
@@ -193,10 +228,16 @@ read_table(struct export *exp, struct wanted want[VIEW_MAX_FILES],
   uint64_t start, size;
   int r = fde_part_table_details(exp->disk, &tab);
 
-  watch(exp->dir, &tab);        /* on failure: every write counts */
   if (r < 0) {
     fde_part_table_free(&tab);
     return r;
+  }
+  *read = tab.read;             /* taken: fde_part_table_free skips it */
+  *nread = tab.nread;
+  tab.read = NULL;
+  if (*read == NULL) {          /* not known: as a failed read */
+    fde_part_table_free(&tab);
+    return -ENOMEM;
   }
   parts = tab.entries;
   nparts = tab.nparts;
@@ -291,30 +332,37 @@ follow(struct export *exp, unsigned n, const struct wanted *w)
               f == NULL ? "removed" : old == NULL ? "added" : "moved");
 }
 
-/* Read the table and make the files follow it; with rescan_lock held. */
+/* Read the table and make the files follow it; with rescan_lock held,
+ * after begin_scan.  A table that cannot be read leaves the files as they
+ * are (an I/O error is no new table), is said once, and is tried again at
+ * the next rescan. */
 static void
 scan(struct export *exp)
 {
+  struct view_dir *dir = exp->dir;
   struct wanted want[VIEW_MAX_FILES] = { { 0 } };
+  struct fde_byte_range *read = NULL;
+  size_t nread = 0, len = 0;
   char *text = NULL;
-  size_t len = 0;
   FILE *warnings = open_memstream(&text, &len);
-  int r;
+  int r = warnings == NULL ? -ENOMEM
+    : read_table(exp, want, warnings, &read, &nread);
 
-  if (warnings == NULL) {
-    fde_warn("%s: cannot read the partition table: out of memory",
-             exp->image);
-    return;
-  }
-  r = read_table(exp, want, warnings);
-  if (fclose(warnings) != 0 || r < 0) {
-    /* the files stay as they are: an I/O error is no new table */
-    fde_warn("%s: cannot read the partition table: %s; the files in %s "
-             "stay as they were", exp->image, strerror(r < 0 ? -r : ENOMEM),
-             exp->mountpoint);
+  if (warnings != NULL && fclose(warnings) != 0 && r == 0)
+    r = -ENOMEM;
+  if (r < 0) {
+    if (!dir->read_failed)
+      fde_warn("%s: cannot read the partition table: %s; the files in %s "
+               "stay as they were", exp->image, strerror(-r),
+               exp->mountpoint);
+    dir->read_failed = true;
+    free(read);
     free(text);
+    end_scan(dir, NULL, 0);
     return;
   }
+  dir->read_failed = false;
+  end_scan(dir, read, nread);
   give_warnings(exp, text);
   for (unsigned n = 1; n < VIEW_MAX_FILES; n++)
     follow(exp, n, &want[n]);
@@ -346,10 +394,11 @@ view_files_open(struct export *exp)
   pthread_rwlock_init(&dir->lock, NULL);
   pthread_mutex_init(&dir->rescan_lock, NULL);
   pthread_mutex_init(&dir->watch_lock, NULL);
-  dir->watch_all = true;
+  dir->watch_all = dir->written = true;
   exp->dir = dir;
   pthread_mutex_lock(&dir->rescan_lock);
-  scan(exp);
+  if (begin_scan(dir))
+    scan(exp);
   dir->started = true;
   pthread_mutex_unlock(&dir->rescan_lock);
   return 0;
@@ -427,23 +476,20 @@ view_files_written(struct export *exp, const struct view_file *f,
                    uint64_t off, uint64_t len)
 {
   struct view_dir *dir = exp->dir;
-  bool hit;
+  uint64_t at = f->start + off;  /* inside the disk: no overflow */
 
-  if (dir == NULL || len == 0
-      || __atomic_load_n(&dir->written, __ATOMIC_ACQUIRE))
+  if (dir == NULL || len == 0)
     return;
   pthread_mutex_lock(&dir->watch_lock);
-  hit = watched(dir, f->start + off, len);
-  pthread_mutex_unlock(&dir->watch_lock);
-  if (hit)
-    __atomic_store_n(&dir->written, true, __ATOMIC_RELEASE);
-}
-
-static void
-set_scanning(struct view_dir *dir, bool on)
-{
-  pthread_mutex_lock(&dir->watch_lock);
-  dir->scanning = on;
+  if (dir->scanning) {
+    if (dir->nscan_writes < MAX_SCAN_WRITES)
+      dir->scan_writes[dir->nscan_writes++] = (struct fde_byte_range) { at,
+                                                                        len };
+    else
+      dir->scan_writes_lost = true;
+  }
+  else if (!dir->written)
+    dir->written = dir->watch_all || touches(dir->watch, dir->nwatch, at, len);
   pthread_mutex_unlock(&dir->watch_lock);
 }
 
@@ -454,16 +500,13 @@ view_files_rescan(struct export *exp)
 
   if (dir == NULL)
     return;
+  /* A write sets the mark after it has landed; the mark is taken before
+   * the table is read, and writes landing during the read are checked
+   * against what it read (end_scan): every write that touched the table
+   * is read by this scan or makes the next one happen. */
   pthread_mutex_lock(&dir->rescan_lock);
-  /* From here until the scan installs the ranges it read (watch), every
-   * write that completes counts, whatever it touched; the mark is
-   * cleared before the table is read, and writers set it after their
-   * write has landed: a write this scan may have missed is read by the
-   * next one. */
-  set_scanning(dir, true);
-  if (__atomic_exchange_n(&dir->written, false, __ATOMIC_ACQ_REL))
+  if (begin_scan(dir))
     scan(exp);
-  set_scanning(dir, false);
   pthread_mutex_unlock(&dir->rescan_lock);
 }
 

@@ -456,10 +456,18 @@ fuse-disk-export: warning: far.img: partition 3 left out: it overlaps an earlier
   head -c 64k /dev/urandom | dd of=dir/disk bs=64k seek=$((3 * 16)) conv=notrunc,fsync status=none
   head -c 64k /dev/urandom | dd of=dir/p2 bs=64k seek=4 conv=notrunc,fsync status=none
   [ ! -s fg.err ] || fail "the table was read again: $(cat fg.err)"
-  # a write into p1's first 64 KiB (where a nested label would be), and
-  # one to the MBR: each flush reads the table (and fails to)
+  # a write into p1's first 64 KiB (where a nested label would be): its
+  # flush reads the table (and fails to, said once)
   head -c 4k /dev/urandom | dd of=dir/p1 bs=4k seek=2 conv=notrunc,fsync status=none
   [ "$(grep -c 'cannot read the partition table' fg.err)" = 1 ] || fail "stderr: $(cat fg.err)"
+  # reads work again: the failed read is tried again at the next flush,
+  # with no new write
+  : >fault.tmp && mv fault.tmp fault.ctl
+  "$PYTHON" -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd)' dir/p2
+  echo "1 pread 1 EIO 0" >fault.tmp && mv fault.tmp fault.ctl
+  head -c 64k /dev/urandom | dd of=dir/disk bs=64k seek=$((3 * 16)) conv=notrunc,fsync status=none
+  [ "$(grep -c 'cannot read the partition table' fg.err)" = 1 ] || fail "the retry failed: $(cat fg.err)"
+  # a write to the MBR: its flush reads the table again (and fails to)
   head -c 512 disk.img >mbr           # the image file itself is not covered
   dd if=mbr of=dir/disk bs=512 count=1 conv=notrunc,fsync status=none
   [ "$(grep -c 'cannot read the partition table' fg.err)" = 2 ] || fail "stderr: $(cat fg.err)"

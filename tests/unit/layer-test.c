@@ -370,6 +370,33 @@ test_entry_outer(void)
   };
   CHECK(entry_check(u, 3, 1, disk, "overlaps") != 0);
   CHECK(entry_check(u, 3, 2, disk, "holding its label is not shown") != 0);
+
+  /* an extended partition on the same sectors as a shown primary: its
+   * logical overlaps the primary (no slice excuses it), in either order */
+  struct fde_part_entry v[] = {
+    { 1, 2048, 4096, false, 0, 0 },
+    { 2, 2048, 4096, true, 0, 0 },
+    { 5, 2050, 100, false, 2048, 4096 },
+  };
+  CHECK(entry_check(v, 3, 0, disk, NULL) == 0);
+  CHECK(entry_check(v, 3, 2, disk, "overlaps") != 0);
+  struct fde_part_entry w[] = {
+    { 1, 2048, 4096, true, 0, 0 },
+    { 2, 2048, 4096, false, 0, 0 },
+    { 5, 2050, 100, false, 2048, 4096 },
+  };
+  CHECK(entry_check(w, 3, 1, disk, NULL) == 0);
+  CHECK(entry_check(w, 3, 2, disk, "overlaps") != 0);
+
+  /* a slice repeated by a later (refused) copy: its nested partitions
+   * stand, the slice being shown */
+  struct fde_part_entry x[] = {
+    { 1, 4096, 8192, false, 0, 0 },
+    { 2, 4096, 8192, false, 0, 0 },
+    { 5, 8192, 1024, false, 4096, 8192 },
+  };
+  CHECK(entry_check(x, 3, 1, disk, "repeats") != 0);
+  CHECK(entry_check(x, 3, 2, disk, NULL) == 0);
 }
 
 static void
