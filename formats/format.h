@@ -33,7 +33,8 @@ struct fde_format;
 struct fde_disk {
   const struct fde_format *format;
   uint64_t size;          /* virtual size in bytes */
-  bool read_only;         /* writes are refused by the front end */
+  bool read_only;         /* opened read-only: never written, and
+                           * fde_disk_can_write says no */
   char *path;             /* image name as given (malloc'd, for messages) */
 };
 
@@ -145,21 +146,155 @@ struct fde_format {
    * map names stays the disk's (raw: the disk is the file). */
   unsigned (*io_begin)(struct fde_disk *disk);
   void (*io_end)(struct fde_disk *disk, unsigned token);
+
+  /* ---- Capabilities (nbdkit's can_write, can_zero, can_trim...) ----
+   * What an open disk supports, answered by the backend and forwarded by
+   * layers (formats/layer.c).  The front end asks them through the
+   * fde_disk_can_* helpers below and never infers a capability from
+   * which other members are NULL.  Each answer stays the same from open
+   * to close.  A NULL member means "no" for every disk of the format. */
+
+  /* May pwrite be called?  Yes only for a disk opened writable
+   * (params->read_only false) that accepts writes (qcow2: not a snapshot
+   * view); its read_only flag is then false.  NULL: the format is served
+   * read-only: its images are opened read-only without -r, the front end
+   * says so, takes QEMU's reader locks only, and a write gets EROFS. */
+  bool (*can_write)(struct fde_disk *disk);
+
+  /* Does zero(disk, off, len, false) work, more cheaply than writing
+   * zeros?  Asked only when the disk can write.  No: fde_disk_zero
+   * writes zeros with pwrite instead, as nbdkit emulates .zero. */
+  bool (*can_zero)(struct fde_disk *disk);
+
+  /* Does zero(disk, off, len, true) work (it may deallocate, as a
+   * discard)?  Asked only when the disk can write.  No: fde_disk_zero
+   * zeroes the range instead (a punched range must read as zeros). */
+  bool (*can_discard)(struct fde_disk *disk);
+
+  /* May map be called (reads spliced from the image file)?  No: every
+   * read goes through pread. */
+  bool (*can_map)(struct fde_disk *disk);
 };
 
-/* formats/registry.c */
+/* ---- formats/caps.c: asking a disk what it can do ---------------------- */
+
+/* The disk's answers, each false where the member it needs is NULL:
+ * can_write also false while disk->read_only is set (a disk opened
+ * read-only stays so whatever a backend answers); can_zero and
+ * can_discard also false when the disk cannot write.  Thread safe. */
+bool fde_disk_can_write(struct fde_disk *disk);
+bool fde_disk_can_zero(struct fde_disk *disk);
+bool fde_disk_can_discard(struct fde_disk *disk);
+bool fde_disk_can_map(struct fde_disk *disk);
+
+/* Is format served read-only, whatever the command line says (its
+ * can_write member is NULL)?  Known before any image of it is opened, so
+ * that the image is opened and locked as a reader's (fde_disk_open). */
+bool fde_format_read_only(const struct fde_format *format);
+
+/* Make [off, off+len) of disk read as zeros, as FUSE's fallocate modes
+ * ask (punch: PUNCH_HOLE, may deallocate; else ZERO_RANGE), emulating
+ * what the disk cannot do as nbdkit does: a discard it cannot do is done
+ * as zeroing, zeroing it cannot do by writing zeros through pwrite (1 MiB
+ * at a time; through the top layer, so a layer such as the sector-0
+ * guard sees them).  -EROFS when the disk cannot write; else 0, -ENOMEM
+ * (the zero buffer) or the member's -errno (part of the range may then
+ * be zeroed already). */
+int fde_disk_zero(struct fde_disk *disk, uint64_t off, uint64_t len,
+                  bool punch);
+
+/* The backends (each defined at the end of its own file). */
 extern const struct fde_format fde_format_raw;
 extern const struct fde_format fde_format_qcow2;
+extern const struct fde_format fde_format_vdi;    /* formats/vdi.c */
+extern const struct fde_format fde_format_vpc;    /* formats/vpc.c */
 
-/* The format named name ("raw", "qcow2"), or NULL. */
+/* formats/vpc.c: does fd end in a fixed VHD's footer (valid checksum,
+ * disk type fixed, current size = the file less the footer)?  The vpc
+ * row's tail_magic: QEMU's probe looks at offset 0 only. */
+bool fde_vpc_fixed_footer(int fd);
+
+/* ---- formats/formats-table.c: the table of formats ----------------------
+ *
+ * Every format the program knows is one row: those it serves, with their
+ * backend, and those it recognises only to refuse them by name (so that
+ * such an image is never exported as raw by mistake).  --help's list,
+ * --format's names and its error, probing and the man page's FORMATS
+ * section (--list-formats=man) are all made from it.  Adding a format is
+ * one backend file and one row. */
+
+/* A signature: len bytes (0: an unused slot) at offset in the file. */
+struct fde_magic {
+  uint32_t offset;
+  uint32_t len;
+  const char *bytes;
+  const char *variant;    /* what messages call a file with this one
+                           * ("VMDK (descriptor file)"); NULL: the title */
+};
+#define FDE_FORMAT_MAGICS 3
+
+struct fde_format_info {
+  const char *name;       /* --format's name: QEMU's, lower case ("vpc") */
+  const char *title;      /* what messages call it ("VHD") */
+  const struct fde_format *backend;   /* NULL: recognised but refused;
+                                       * served read-only when its
+                                       * can_write is NULL */
+  /* The magic test.  Served: the backend's probe decides (a score), and
+   * a file carrying one of magic[] that the probe refuses is refused as
+   * "TITLE (unknown version)" rather than served as raw.  Refused: any of
+   * magic[] at the start of the file, or tail_magic, marks the file. */
+  struct fde_magic magic[FDE_FORMAT_MAGICS];
+  bool (*tail_magic)(int fd); /* a signature at the end of the file (DMG's
+                               * trailer), or NULL; reads through the
+                               * I/O seam, never changes the file */
+  const char *description;    /* one line, lower case, at most 54
+                               * columns (--help adds " (read-only)") */
+};
+
+extern const struct fde_format_info fde_format_table[];
+extern const size_t fde_format_table_len;
+
+/* The row named name (served or refused), or NULL. */
+const struct fde_format_info *fde_format_info_by_name(const char *name);
+
+/* The served format named name ("raw", "qcow2"), or NULL (unknown or
+ * refused). */
 const struct fde_format *fde_format_by_name(const char *name);
 
-/* The served format with the highest probe score (raw at worst). */
+/* The served format whose backend probe scores buf highest (raw at
+ * worst); signatures of refused formats are not looked at. */
 const struct fde_format *fde_format_probe(const uint8_t *buf, size_t len);
 
-/* Open a layer by descriptor with a given format (NULL: probe between the
- * served formats).  Records (dev, ino) in params->chain and refuses loops
- * and chains deeper than FDE_MAX_CHAIN.  0 or -errno, message logged. */
+/* What a file is, by the table. */
+struct fde_format_match {
+  const struct fde_format_info *info; /* its row (raw's if nothing else) */
+  const struct fde_format *format;    /* the backend to serve it with, or
+                                       * NULL: refused */
+  char what[64];                      /* what messages call it ("VMDK
+                                       * (descriptor file)") */
+};
+
+/* Identify a file from its first len bytes (head; from 512 on, every
+ * signature is seen) and, where fd >= 0, signatures at its end.  In this
+ * order: a refused format's signature; the best served probe; a served
+ * format's signature at the end; a served format's signature that its
+ * probe refused ("qcow2 (unknown version)", refused); else raw. */
+struct fde_format_match fde_format_identify(const uint8_t *head, size_t len,
+                                            int fd);
+
+/* Would a disk whose first sector is head look like an image file (any
+ * format but raw, served or refused) the next time it is probed?  The
+ * sector-0 guard's test (formats/guard.c). */
+bool fde_format_head_is_image(const uint8_t *head, size_t len);
+
+/* ---- formats/registry.c: opening a layer ------------------------------- */
+
+/* Open a layer by descriptor with a given format (NULL: identify it by
+ * the table of formats; one recognised but refused is -ENOTSUP).
+ * Records (dev, ino) in params->chain and refuses loops and chains deeper
+ * than FDE_MAX_CHAIN.  A format served read-only (fde_format_read_only)
+ * is opened read-only, with QEMU's reader locks, whatever
+ * params->read_only says.  0 or -errno, message logged. */
 int fde_disk_open(const struct fde_format *format,
                   const struct fde_open_params *params,
                   struct fde_disk **out);

@@ -72,6 +72,32 @@ pass_io_end(struct fde_disk *d, unsigned token)
   LOWER(d)->format->io_end(LOWER(d), token);
 }
 
+/* The capabilities are the lower disk's: a layer changes where bytes go,
+ * not what can be done to them. */
+static bool
+pass_can_write(struct fde_disk *d)
+{
+  return LOWER(d)->format->can_write(LOWER(d));
+}
+
+static bool
+pass_can_zero(struct fde_disk *d)
+{
+  return LOWER(d)->format->can_zero(LOWER(d));
+}
+
+static bool
+pass_can_discard(struct fde_disk *d)
+{
+  return LOWER(d)->format->can_discard(LOWER(d));
+}
+
+static bool
+pass_can_map(struct fde_disk *d)
+{
+  return LOWER(d)->format->can_map(LOWER(d));
+}
+
 void
 fde_layer_close(struct fde_disk *d)
 {
@@ -108,6 +134,10 @@ fde_layer_init(struct fde_layer *l, const struct fde_format *own,
   TAKE(map, pass_map);
   TAKE(io_begin, pass_io_begin);
   TAKE(io_end, pass_io_end);
+  TAKE(can_write, pass_can_write);
+  TAKE(can_zero, pass_can_zero);
+  TAKE(can_discard, pass_can_discard);
+  TAKE(can_map, pass_can_map);
   ops->close = own->close != NULL ? own->close : fde_layer_close;
   l->lower = lower;
   l->disk.format = ops;

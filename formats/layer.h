@@ -9,10 +9,12 @@
  * what the layer does.  Layers stack: the top one is what is exported.
  *
  * A layer implements only what it changes; every other member passes
- * straight to the lower disk (fde_layer_init fills them in).  Where the
- * lower disk lacks an optional member (pwrite on a read-only format, map,
- * io_begin/io_end), the layer lacks it too, so a capability never appears
- * through a layer that the disk below does not have.
+ * straight to the lower disk (fde_layer_init fills them in), the
+ * capabilities (can_write, can_zero, can_discard, can_map) included.
+ * Where the lower disk lacks an optional member (pwrite or can_write on a
+ * read-only format, map, io_begin/io_end), the layer lacks it too, so a
+ * capability never appears through a layer that the disk below does not
+ * have.
  *
  * Offsets are bytes of the layer's own disk (0 .. disk.size); a layer
  * that shifts them (the partition window) adds its offset before calling

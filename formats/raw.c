@@ -222,6 +222,21 @@ raw_describe(struct fde_disk *d, FILE *out)
 {
 }
 
+/* format.h's capabilities: writable unless opened read-only; zeroing
+ * and discards always work (raw_zero falls back to writing zeros); every
+ * run can be spliced from the file (raw_map). */
+static bool
+raw_can_write(struct fde_disk *d)
+{
+  return !d->read_only;
+}
+
+static bool
+raw_can_always(struct fde_disk *d)
+{
+  return true;
+}
+
 static void
 raw_close(struct fde_disk *d)
 {
@@ -245,4 +260,8 @@ const struct fde_format fde_format_raw = {
   .describe        = raw_describe,
   .close           = raw_close,
   .map             = raw_map,
+  .can_write       = raw_can_write,
+  .can_zero        = raw_can_always,
+  .can_discard     = raw_can_always,
+  .can_map         = raw_can_always,
 };

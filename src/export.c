@@ -54,31 +54,117 @@ check_not_mounted(const char *abspath)
   }
 }
 
-/* Open the image file for the export's access mode; an exit status. */
+/* The image's format: -f's (options.c accepts only served names), else
+ * what the table of formats makes of its first bytes (m->format NULL:
+ * recognised but refused; choose_format says so).  0, or EXIT_FAIL with
+ * a message if the file cannot be read. */
 static int
-open_image_file(struct export *exp, const char *abspath, int *fdp)
+identify_image(struct export *exp, int fd, struct fde_format_match *m)
 {
-  /* O_NONBLOCK so that a FIFO cannot hang us; cleared below. */
-  int flags = (exp->opts->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC
-    | O_NONBLOCK;
-  int fd = open(abspath, flags);
+  uint8_t head[4096];
+  int r;
 
-  if (fd == -1) {
-    int err = errno;
-    if (!exp->opts->read_only && geteuid() == 0
-        && (err == EACCES || err == EROFS || err == EPERM))
-      fde_error("%s: %s (use -r for a read-only export)", exp->image,
-                strerror(err));
-    else
-      fde_error("%s: %s", exp->image, strerror(err));
-    return err == EISDIR ? EXIT_IMAGE : EXIT_FAIL;
+  if (exp->opts->format != NULL) {
+    *m = (struct fde_format_match) {
+      .info = fde_format_info_by_name(exp->opts->format),
+      .format = fde_format_by_name(exp->opts->format),
+    };
+    return 0;
   }
+  r = fde_pread_full(fd, head, sizeof head, 0);
+  if (r < 0) {
+    fde_error("%s: read: %s", exp->image, strerror(-r));
+    return EXIT_FAIL;
+  }
+  *m = fde_format_identify(head, sizeof head, fd);
+  return 0;
+}
+
+/* Why opening the image for writing failed (err), said once it is known
+ * that the image's format would have written; an exit status. */
+static int
+open_failed(struct export *exp, int err)
+{
+  if (!exp->opts->read_only && geteuid() == 0
+      && (err == EACCES || err == EROFS || err == EPERM))
+    fde_error("%s: %s (use -r for a read-only export)", exp->image,
+              strerror(err));
+  else
+    fde_error("%s: %s", exp->image, strerror(err));
+  return err == EISDIR ? EXIT_IMAGE : EXIT_FAIL;
+}
+
+/* Open abspath for writing, or for reading with -r.  Where writing is
+ * not permitted, open it for reading anyway and store the reason in
+ * *write_err: an image in a format served read-only needs no more
+ * (open_image_file decides).  O_NONBLOCK so that a FIFO cannot hang us
+ * (cleared by the caller).  The descriptor, or -1 with errno set. */
+static int
+open_for_export(struct export *exp, const char *abspath, int *write_err)
+{
+  int flags = O_CLOEXEC | O_NONBLOCK, fd;
+
+  *write_err = 0;
+  if (exp->opts->read_only)
+    return open(abspath, O_RDONLY | flags);
+  fd = open(abspath, O_RDWR | flags);
+  if (fd == -1 && (errno == EACCES || errno == EROFS || errno == EPERM)) {
+    *write_err = errno;
+    fd = open(abspath, O_RDONLY | flags);
+    if (fd == -1)
+      errno = *write_err;
+  }
+  return fd;
+}
+
+/* A descriptor of fd's file open for reading only (a new open file
+ * description of the same file, through /proc: no name is looked up
+ * again), fd closed; fd itself if /proc cannot give one. */
+static int
+reopen_read_only(int fd)
+{
+  char proc[40];
+  int ro;
+
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  ro = open(proc, O_RDONLY | O_CLOEXEC);
+  if (ro == -1)
+    return fd;
+  close(fd);
+  return ro;
+}
+
+/* Open the image file and identify its format (into *m).  An image in a
+ * format served read-only is opened for reading only, -r or not
+ * (exp->format_read_only); every other one for writing unless -r says
+ * otherwise.  An exit status. */
+static int
+open_image_file(struct export *exp, const char *abspath,
+                struct fde_format_match *m, int *fdp)
+{
+  int write_err, r;
+  int fd = open_for_export(exp, abspath, &write_err);
+
+  if (fd == -1)
+    return open_failed(exp, errno);
   if (fstat(fd, &exp->image_st) == -1 || !S_ISREG(exp->image_st.st_mode)
       || fcntl(fd, F_SETFL, 0) == -1) {
     fde_error("%s: not a regular file", exp->image);
     close(fd);
     return EXIT_IMAGE;
   }
+  if ((r = identify_image(exp, fd, m)) != 0) {
+    close(fd);
+    return r;
+  }
+  exp->format_read_only = !exp->opts->read_only && m->format != NULL
+    && fde_format_read_only(m->format);
+  if (write_err != 0 && !exp->format_read_only) {
+    close(fd);
+    return open_failed(exp, write_err);
+  }
+  if (exp->format_read_only && write_err == 0)
+    fd = reopen_read_only(fd);
   *fdp = fd;
   return 0;
 }
@@ -170,35 +256,22 @@ export_release_claim(struct export *exp)
   }
 }
 
-/* Pick the format: -f, else probe (refusing formats we do not serve).
- * *probed_raw: raw was chosen by probing (the sector-0 guard applies). */
+/* The format to serve the image with (identify_image's), or EXIT_IMAGE
+ * for one we recognise and refuse.  *probed_raw: raw was chosen by
+ * probing (the sector-0 guard applies). */
 static int
-choose_format(struct export *exp, int fd, const struct fde_format **fmt,
-              bool *probed_raw)
+choose_format(struct export *exp, const struct fde_format_match *m,
+              const struct fde_format **fmt, bool *probed_raw)
 {
-  uint8_t buf[4096];
-  const char *unsupported;
-  int r;
-
-  if (exp->opts->format != NULL) {
-    *fmt = fde_format_by_name(exp->opts->format);
-    return 0;
-  }
-  r = fde_pread_full(fd, buf, sizeof buf, 0);
-  if (r < 0) {
-    fde_error("%s: read: %s", exp->image, strerror(-r));
-    return EXIT_FAIL;
-  }
-  unsupported = probe_unsupported(fd, buf, sizeof buf);
-  if (unsupported != NULL) {
+  if (m->format == NULL) {
     fde_error("%s: %s images are not supported; convert it with "
               "'qemu-img convert -O qcow2 %s NEW.qcow2', or use -f raw "
-              "to export its bytes as they are", exp->image, unsupported,
+              "to export its bytes as they are", exp->image, m->what,
               exp->image);
     return EXIT_IMAGE;
   }
-  *fmt = fde_format_probe(buf, sizeof buf);
-  *probed_raw = *fmt == &fde_format_raw;
+  *fmt = m->format;
+  *probed_raw = exp->opts->format == NULL && *fmt == &fde_format_raw;
   return 0;
 }
 
@@ -420,7 +493,8 @@ add_layers(struct export *exp, bool probed_raw)
   int r = 0;
 
   if (probed_raw) {
-    r = fde_guard_open(exp->disk, exp->image, probe_sector0_is_image, &top);
+    r = fde_guard_open(exp->disk, exp->image, fde_format_head_is_image,
+                       &top);
     if (r < 0)
       fde_error("%s: %s", exp->image, strerror(-r));
     else
@@ -466,6 +540,7 @@ int
 export_open(struct export *exp, const struct options *opts, const char *image)
 {
   const struct fde_format *fmt;
+  struct fde_format_match match;
   struct fde_chain chain = { 0 };
   bool probed_raw = false;
   char *abspath;
@@ -485,14 +560,15 @@ export_open(struct export *exp, const struct options *opts, const char *image)
     return r;
   if ((r = resolve_unmounted(image, &abspath)) != 0)
     goto out;
-  if ((r = open_image_file(exp, abspath, &fd)) != 0
+  if ((r = open_image_file(exp, abspath, &match, &fd)) != 0
       || (r = check_view_place(exp)) != 0
       || (r = claim_export(exp, abspath, fd)) != 0
       || (r = check_same_file(exp)) != 0
-      || (r = choose_format(exp, fd, &fmt, &probed_raw)) != 0)
+      || (r = choose_format(exp, &match, &fmt, &probed_raw)) != 0)
     goto out;
   struct fde_open_params params = {
-    .path = image, .fd = fd, .read_only = opts->read_only,
+    .path = image, .fd = fd,
+    .read_only = opts->read_only || exp->format_read_only,
     .snapshot = opts->snapshot, .cache_bytes = opts->cache_bytes,
     .zcache_bytes = opts->zcache_bytes,
     .allow_bdev_backing = opts->allow_bdev_backing,
@@ -510,7 +586,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   fd = -1;                      /* the backend owns it now */
   if ((r = add_layers(exp, probed_raw)) != 0)
     goto out;
-  exp->mode = exp->disk->read_only ? 0400 : 0600;
+  exp->mode = fde_disk_can_write(exp->disk) ? 0600 : 0400;
   /* The view's files show the image's owner.  A user other than root who
    * exports an image another user owns (readable to them with -r, or
    * writable through its group) mounts a view that no one else can
@@ -540,7 +616,7 @@ export_describe(struct export *exp, FILE *out)
   fprintf(out, "virtual-size: %llu\n", (unsigned long long) d->size);
   fprintf(out, "allocated: %llu\n",
           (unsigned long long) d->format->allocated_bytes(d));
-  fprintf(out, "writable: %s\n", d->read_only ? "no" : "yes");
+  fprintf(out, "writable: %s\n", fde_disk_can_write(d) ? "yes" : "no");
   d->format->describe(d, out);
   /* What is inside the disk the view shows (the window's contents with
    * --partition), read through the disk itself: never the image file's
@@ -604,7 +680,8 @@ mount_options(struct export *exp, char *buf, size_t cap)
   snprintf(buf + strlen(buf), cap - strlen(buf),
            ",subtype=fuse-disk-export,default_permissions%s%s,max_read=%u",
            exp->allow_other ? ",allow_other" : "",
-           exp->disk->read_only ? ",ro" : "", (unsigned) exp->max_read);
+           fde_disk_can_write(exp->disk) ? "" : ",ro",
+           (unsigned) exp->max_read);
   return 0;
 }
 
@@ -932,7 +1009,7 @@ export_join(struct export *exp)
 int
 export_flush(struct export *exp)
 {
-  if (exp->disk == NULL || exp->disk->read_only)
+  if (exp->disk == NULL || !fde_disk_can_write(exp->disk))
     return 0;
   if (exp->disk->format->flush(exp->disk) < 0) {
     fde_error("%s: flush failed; recent writes may not be on disk",

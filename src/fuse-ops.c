@@ -130,7 +130,7 @@ fuse_ops_plan(struct export *exp)
 {
   size_t limit = 0;
 
-  if (!exp->opts->no_splice && exp->disk->format->map != NULL)
+  if (!exp->opts->no_splice && fde_disk_can_map(exp->disk))
     limit = splice_limit();
   exp->max_read = MAX_REQUEST;
   exp->splice_max = 0;
@@ -205,7 +205,7 @@ static int
 apply_attrs(fuse_req_t req, struct export *exp, struct view_file *f,
             struct stat *attr, int to_set)
 {
-  if ((to_set & FUSE_SET_ATTR_MODE) && exp->disk->read_only
+  if ((to_set & FUSE_SET_ATTR_MODE) && !fde_disk_can_write(exp->disk)
       && (attr->st_mode & 0222))
     return EROFS;
   if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))
@@ -250,7 +250,7 @@ fde_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
     err = EISDIR;
   else if ((to_set & FUSE_SET_ATTR_SIZE)
            && (uint64_t) attr->st_size != fde_disk_size(f->disk))
-    err = exp->disk->read_only ? EROFS : EPERM;
+    err = fde_disk_can_write(exp->disk) ? EPERM : EROFS;
   if (err == 0)
     err = apply_attrs(req, exp, f, attr, to_set);
   if (err != 0) {
@@ -293,7 +293,7 @@ fde_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
                    : ESTALE);
     return;
   }
-  if ((fi->flags & O_ACCMODE) != O_RDONLY && f->disk->read_only) {
+  if ((fi->flags & O_ACCMODE) != O_RDONLY && !fde_disk_can_write(f->disk)) {
     fuse_reply_err(req, EROFS);
     return;
   }
@@ -456,10 +456,11 @@ fde_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   reply_read(req, export_of(req), f->disk, buf, size, (uint64_t) off);
 }
 
-/* Write (buf) or zero (buf NULL) [off, off+len) on f's disk.  A write
- * through any file of the -P directory that touches the bytes the
- * partition table was read from may change it: the next flush or fsync
- * reads it again. */
+/* Write (buf) or zero (buf NULL) [off, off+len) on f's disk, zeroing as
+ * the disk can (fde_disk_zero emulates what it cannot).  A write through
+ * any file of the -P directory that touches the bytes the partition
+ * table was read from may change it: the next flush or fsync reads it
+ * again. */
 static int
 update(struct export *exp, struct view_file *f, const void *buf,
        uint64_t len, uint64_t off, bool punch)
@@ -470,7 +471,7 @@ update(struct export *exp, struct view_file *f, const void *buf,
   if (buf != NULL)
     r = d->format->pwrite(d, buf, (size_t) len, off);
   else
-    r = d->format->zero(d, off, len, punch);
+    r = fde_disk_zero(d, off, len, punch);
   /* after the write (failed or not: part of it may have landed), so that
    * a rescan that ran meanwhile cannot have taken the mark for bytes it
    * did not see */
@@ -489,7 +490,7 @@ fde_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 
   if (f == NULL)
     return;
-  if (f->disk->read_only) {
+  if (!fde_disk_can_write(f->disk)) {
     fuse_reply_err(req, EROFS);
     return;
   }
@@ -523,7 +524,7 @@ flush_file(fuse_req_t req, fuse_ino_t ino)
 
   if (f == NULL || f->disk == NULL)
     return f == NULL ? ENOENT : EISDIR;
-  r = f->disk->read_only ? 0 : f->disk->format->flush(f->disk);
+  r = fde_disk_can_write(f->disk) ? f->disk->format->flush(f->disk) : 0;
   view_files_rescan(exp);       /* after a failed flush too */
   return r < 0 ? -r : view_file_gone(f) ? EIO : 0;
 }
@@ -567,7 +568,7 @@ fde_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
     fuse_reply_err(req, EOPNOTSUPP);
     return;
   }
-  if (f->disk->read_only) {
+  if (!fde_disk_can_write(f->disk)) {
     fuse_reply_err(req, EROFS);
     return;
   }

@@ -54,9 +54,7 @@ void log_to_syslog(void);
 void log_set_verbosity(int verbose);
 void log_message(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* probe.c: what a file holds, beyond the formats we serve. */
-const char *probe_unsupported(int fd, const uint8_t *buf, size_t len);
-bool probe_sector0_is_image(const uint8_t *sector, size_t len);
+/* probe.c: what libblkid sees inside a disk (--probe). */
 int probe_describe_disk(struct fde_disk *disk, const char *image, FILE *out);
 
 /* One file the view shows: the whole disk or one partition of it.  The
@@ -100,6 +98,8 @@ struct export {
                                  * or layers over it (formats/layer.h) */
   struct stat image_st;         /* the image file's owner and times, the
                                  * files' attributes at start */
+  bool format_read_only;        /* read-only because its format is served
+                                 * read-only (not for -r), said when live */
   mode_t mode;                  /* the files' permission bits at start */
   struct view_file root;        /* the root: the single file, or (disk
                                  * NULL) the directory of the -P view */

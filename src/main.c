@@ -95,16 +95,32 @@ free_exports(struct export *exps, int n)
   free(exps);
 }
 
+/* What the announcement and -v say of a read-only view: "" for a
+ * writable one, " (read-only)" with -r, and the reason when the image's
+ * format is served read-only (written into buf, len bytes). */
+static const char *
+read_only_note(struct export *exp, char *buf, size_t len)
+{
+  if (fde_disk_can_write(exp->disk))
+    return "";
+  if (!exp->format_read_only)
+    return " (read-only)";
+  snprintf(buf, len, " (read-only: %s images are served read-only)",
+           exp->disk->format->name);
+  return buf;
+}
+
 /* Mount every view and wait until all are live.  0 or -1. */
 static int
 mount_all(struct export *exps, int n)
 {
   for (int i = 0; i < n; i++) {
     if (exps[i].opts->verbose > 0) {
+      char note[96];
       fde_info("%s: %s, %llu bytes%s", exps[i].image,
                exps[i].disk->format->name,
                (unsigned long long) exps[i].disk->size,
-               exps[i].disk->read_only ? ", read-only" : "");
+               read_only_note(&exps[i], note, sizeof note));
       export_describe(&exps[i], stderr);
       view_files_log(&exps[i]);
     }
@@ -154,7 +170,7 @@ wait_for_signal(const sigset_t *set, struct export *exps, int n)
 static void
 announce_dir(FILE *f, struct export *exp)
 {
-  char *names = NULL;
+  char *names = NULL, note[96];
   size_t size = 0;
   FILE *list = open_memstream(&names, &size);
   unsigned n;
@@ -166,8 +182,8 @@ announce_dir(FILE *f, struct export *exp)
   fprintf(f, "the %s image's disk", exp->disk->format->name);
   if (n > 0)
     fprintf(f, " and its %u partition%s", n, n == 1 ? "" : "s");
-  fprintf(f, " shown%s in %s (%s)", exp->disk->read_only ? " read-only" : "",
-          exp->mountpoint, names);
+  fprintf(f, " shown in %s (%s)%s", exp->mountpoint, names,
+          read_only_note(exp, note, sizeof note));
   free(names);
 }
 
@@ -175,7 +191,7 @@ announce_dir(FILE *f, struct export *exp)
 static void
 announce(struct export *exps, int n)
 {
-  char *line = NULL;
+  char *line = NULL, note[96];
   size_t size = 0;
   FILE *f = open_memstream(&line, &size);
 
@@ -191,7 +207,7 @@ announce(struct export *exps, int n)
       fprintf(f, "partition %u of the ", exps[i].opts->partition);
     fprintf(f, "%s image shown as a raw disk on %s%s",
             exps[i].disk->format->name, exps[i].mountpoint,
-            exps[i].disk->read_only ? " (read-only)" : "");
+            read_only_note(&exps[i], note, sizeof note));
   }
   fputs("; press ^C to revert", f);
   fclose(f);

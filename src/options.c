@@ -3,6 +3,7 @@
 /* fuse-disk-export: the command line (GNU getopt_long conventions). */
 #include <config.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -25,6 +26,7 @@ enum {
   STOP_OPTION,
   STOP_TIMEOUT_OPTION,
   PARTITION_OPTION,
+  LIST_FORMATS_OPTION,
 };
 
 #define DEFAULT_STOP_TIMEOUT 60   /* seconds --stop waits for the daemon */
@@ -55,19 +57,121 @@ static const struct option long_options[] = {
   { "version",       no_argument,       NULL, 'V' },
   { "short-options", no_argument,       NULL, SHORT_OPTIONS_OPTION },
   { "long-options",  no_argument,       NULL, LONG_OPTIONS_OPTION },
+  { "list-formats",  optional_argument, NULL, LIST_FORMATS_OPTION },
   { NULL, 0, NULL, 0 }
 };
+
+/* ---- The lists made from the table of formats (formats-table.c) ------ */
+
+#define HELP_WIDTH 79           /* --help fits an 80-column terminal */
+
+/* The served formats' names, "raw, qcow2", into buf (len bytes). */
+static const char *
+served_names(char *buf, size_t len)
+{
+  size_t n = 0;
+
+  buf[0] = '\0';
+  for (size_t i = 0; i < fde_format_table_len && n < len; i++)
+    if (fde_format_table[i].backend != NULL)
+      n += (size_t) snprintf(buf + n, len - n, "%s%s", n ? ", " : "",
+                             fde_format_table[i].name);
+  return buf;
+}
+
+/* What --list-formats and the man page say of a row. */
+static const char *
+format_status(const struct fde_format_info *row)
+{
+  return row->backend == NULL ? "refused"
+    : fde_format_read_only(row->backend) ? "read-only" : "read-write";
+}
+
+/* --help's list: the served formats with their descriptions, then the
+ * names of the refused ones, wrapped. */
+static void
+print_help_formats(void)
+{
+  size_t col = 1;
+
+  printf("Formats (-f FMT):\n");
+  for (size_t i = 0; i < fde_format_table_len; i++) {
+    const struct fde_format_info *row = &fde_format_table[i];
+    if (row->backend != NULL)
+      printf("  %-10s %s%s\n", row->name, row->description,
+             fde_format_read_only(row->backend) ? " (read-only)" : "");
+  }
+  printf("Recognised and refused (convert them with qemu-img, or use -f raw "
+         "to export\ntheir bytes as they are):\n ");
+  for (size_t i = 0; i < fde_format_table_len; i++) {
+    const char *name = fde_format_table[i].name;
+    if (fde_format_table[i].backend != NULL)
+      continue;
+    if (col > 1)
+      col += (size_t) printf(",");
+    if (col + 1 + strlen(name) > HELP_WIDTH) {
+      printf("\n ");
+      col = 1;
+    }
+    col += (size_t) printf(" %s", name);
+  }
+  printf("\n\n");
+}
+
+/* Text for roff: a backslash and a minus sign escaped. */
+static void
+put_roff(const char *s)
+{
+  for (; *s != '\0'; s++) {
+    if (*s == '\\')
+      fputs("\\e", stdout);
+    else if (*s == '-')
+      fputs("\\-", stdout);
+    else
+      putchar(*s);
+  }
+}
+
+/* --list-formats: "NAME STATUS TITLE" lines (STATUS read-write, read-only
+ * or refused; TITLE what messages call it); =man: the man page's list
+ * (man/fuse-disk-export.1 holds a copy between its "FORMATS BEGIN" and
+ * "FORMATS END" comments, checked by tests/cli.bats, updated by "make
+ * man-formats").  0, or -1 for an unknown style. */
+static int
+list_formats(const char *style)
+{
+  bool man = style != NULL && strcmp(style, "man") == 0;
+
+  if (style != NULL && !man)
+    return -1;
+  for (size_t i = 0; i < fde_format_table_len; i++) {
+    const struct fde_format_info *row = &fde_format_table[i];
+    if (!man) {
+      printf("%s %s %s\n", row->name, format_status(row), row->title);
+      continue;
+    }
+    printf(".TP\n.B ");
+    put_roff(row->name);
+    printf("\n%c", toupper((unsigned char) row->description[0]));
+    put_roff(row->description + 1);
+    printf(row->backend == NULL ? " (recognised and refused).\n"
+           : fde_format_read_only(row->backend) ? " (served read-only).\n"
+           : ".\n");
+  }
+  return 0;
+}
 
 static void
 usage(void)
 {
   printf("Usage: fuse-disk-export [OPTION]... IMAGE...\n"
-"Show each disk IMAGE (raw or qcow2) as a raw disk on its own path until\n"
-"interrupted; then the path shows the image file again.\n"
+"Show each disk IMAGE as a raw disk on its own path until interrupted;\n"
+"then the path shows the image file again.\n"
 "\n"
 "  -d, --daemonize          run in the background once every export is live\n"
 "  -p, --pid-file=FILE      write the daemon's pid to FILE once live\n"
-"  -f, --format=FMT         image format: raw or qcow2 (default: probe)\n"
+"  -f, --format=FMT         image format, one of those served below\n"
+"                           (default: probe)\n"
 "  -r, --read-only          refuse writes; never change the image\n"
 "      --allow-other=WHEN   let other users open the view: auto (default),\n"
 "                           on or off\n"
@@ -101,7 +205,9 @@ usage(void)
 "  -v, --verbose            print what is found and done\n"
 "  -h, --help               show this help and exit\n"
 "  -V, --version            show the version and exit\n"
-"\n"
+"\n");
+  print_help_formats();
+  printf(
 "Send SIGINT (^C), SIGTERM or SIGHUP (or use --stop) to flush, unmount\n"
 "and exit.\n"
 "Exit status: 0 success, 1 failure, 2 usage error, 3 image refused,\n"
@@ -150,7 +256,8 @@ static void
 print_long_options(void)
 {
   for (const struct option *o = long_options; o->name != NULL; o++)
-    if (o->val != SHORT_OPTIONS_OPTION && o->val != LONG_OPTIONS_OPTION)
+    if (o->val != SHORT_OPTIONS_OPTION && o->val != LONG_OPTIONS_OPTION
+        && o->val != LIST_FORMATS_OPTION)
       printf("--%s\n", o->name);
 }
 
@@ -169,11 +276,19 @@ apply_option(int c, struct options *o)
   switch (c) {
   case 'd': o->daemonize = true; break;
   case 'p': o->pid_file = optarg; break;
-  case 'f':
-    if (strcmp(optarg, "raw") != 0 && strcmp(optarg, "qcow2") != 0)
-      return usage_error("unknown format (raw or qcow2)", optarg);
+  case 'f': {
+    const struct fde_format_info *row = fde_format_info_by_name(optarg);
+    char names[256], msg[384];
+    if (row == NULL || row->backend == NULL) {
+      snprintf(msg, sizeof msg, "%s: %.64s (formats served: %s)",
+               row == NULL ? "unknown format"
+               : "a format recognised but not served", optarg,
+               served_names(names, sizeof names));
+      return usage_error(msg, NULL);
+    }
     o->format = optarg;
     break;
+  }
   case 'r': o->read_only = true; break;
   case ALLOW_OTHER_OPTION:
     if (strcmp(optarg, "auto") == 0) o->allow_other = ALLOW_OTHER_AUTO;
@@ -224,6 +339,10 @@ apply_option(int c, struct options *o)
   case 'V': printf("fuse-disk-export %s\n", PACKAGE_VERSION); return 1;
   case SHORT_OPTIONS_OPTION: print_short_options(); return 1;
   case LONG_OPTIONS_OPTION: print_long_options(); return 1;
+  case LIST_FORMATS_OPTION:
+    if (list_formats(optarg) == -1)
+      return usage_error("--list-formats takes nothing or =man", optarg);
+    return 1;
   default: return usage_error(NULL, NULL);
   }
   return 0;

@@ -380,7 +380,7 @@ view_files_open(struct export *exp)
     root->disk = exp->disk;
     return 0;
   }
-  root->mode = exp->disk->read_only ? 0500 : 0700;
+  root->mode = fde_disk_can_write(exp->disk) ? 0700 : 0500;
   if (exp->opts->probe_only)
     return 0;
   dir = calloc(1, sizeof *dir);

@@ -66,14 +66,93 @@ LONG_OPTIONS="daemonize pid-file format read-only allow-other mountpoint probe
   assert_failure 2
 }
 
-@test "--format=vdi is a usage error (exit 2)" {
+# The table of formats as the program lists it ("NAME STATUS TITLE"
+# lines), into FORMATS; fails the test if it cannot be listed.
+load_formats() {
+  FORMATS=$("$FDE" --list-formats 2>&1) || fail "--list-formats: $FORMATS"
+  [[ "$FORMATS" == *"raw read-write"* ]] || fail "no raw in: $FORMATS"
+}
+
+# The names of the formats whose status matches the regex $1.
+formats_with() {
+  awk -v want="$1" '$2 ~ want { print $1 }' <<<"$FORMATS"
+}
+
+@test "--list-formats lists the table: raw and qcow2 served read-write, one line each" {
+  run "$FDE" --list-formats
+  assert_success
+  has_line "raw read-write raw"
+  has_line "qcow2 read-write qcow2"
+  ! grep -qvE '^[a-z0-9]+ (read-write|read-only|refused) .+$' <<<"$output" ||
+    fail "a line is not NAME STATUS TITLE: $output"
+  [ "$(cut -d' ' -f1 <<<"$output" | sort | uniq -d)" = "" ] || fail "a name twice"
+  load_formats
+  [ -n "$(formats_with refused)" ] || fail "no refused format"
+  run "$FDE" --list-formats=roff
+  assert_failure 2
+}
+
+@test "--format takes every served format and no other name (exit 2, naming the served ones)" {
   truncate -s 1M img
-  run "$FDE" --format=vdi img
-  assert_failure 2
-  assert_output --partial "vdi"
+  local served name s
+  load_formats
+  served=$(formats_with 'read-')
+  for name in $served; do
+    # not a usage error: the image is then opened as that format
+    run "$FDE" --probe --format="$name" img
+    [ "$status" != 2 ] || fail "-f $name is a usage error: $output"
+  done
+  for name in $(formats_with refused) no-such-format; do
+    run "$FDE" -f "$name" img
+    assert_failure 2
+    assert_output --partial "$name"
+    for s in $served; do
+      assert_output --partial "$s"
+    done
+  done
   run "$FDE" -f vmdk img
-  assert_failure 2
+  assert_output --partial "recognised but not served"
+  run "$FDE" --format=no-such-format img
+  assert_output --partial "unknown format"
   nothing_mounted
+}
+
+@test "--help lists every served format with its description and names every refused one" {
+  load_formats
+  run "$FDE" --help
+  assert_success
+  local name
+  for name in $(formats_with 'read-'); do
+    assert_line --regexp "^  $name +[^ ]"
+  done
+  for name in $(formats_with 'read-only'); do
+    assert_line --regexp "^  $name +.*\(read-only\)$"
+  done
+  local refused
+  refused=$(sed -n '/^Recognised and refused/,/^$/p' <<<"$output")
+  for name in $(formats_with refused); do
+    [[ "$refused" =~ [\ ,]$name(,|$) ]] || fail "--help does not name refused format $name"
+  done
+  # and fits an 80-column terminal
+  ! awk 'length > 79 { print; bad = 1 } END { exit !bad }' <<<"$output" ||
+    fail "--help lines longer than 79 columns"
+}
+
+@test "the man page's FORMATS list is the table's (make man-formats updates it)" {
+  local man="${FDE_SRCDIR:-$BATS_TEST_DIRNAME/..}/man/fuse-disk-export.1"
+  grep -q '^\.\\" FORMATS BEGIN' "$man" || fail "no FORMATS BEGIN mark in $man"
+  grep -q '^\.\\" FORMATS END' "$man" || fail "no FORMATS END mark in $man"
+  sed -n '/^\.\\" FORMATS BEGIN/,/^\.\\" FORMATS END/p' "$man" |
+    grep -v '^\.\\"' >man-list
+  "$FDE" --list-formats=man >table-list || fail "--list-formats=man failed"
+  diff -u table-list man-list ||
+    fail "the man page's FORMATS list differs from the table: run make man-formats"
+  # every format is in it, by name
+  local name
+  load_formats
+  for name in $(formats_with .); do
+    grep -qx "\.B $name" man-list || fail "$name is not in the man page"
+  done
 }
 
 @test "a bad --allow-other value is a usage error (exit 2)" {

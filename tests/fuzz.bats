@@ -39,7 +39,7 @@ requires_libfuzzer() {
     [ "$(ls "$seeds" | wc -l)" -ge 20 ] || fail "too few seeds in $seeds"
   fi
   local h
-  for h in qcow2-read qcow2-write partition; do
+  for h in qcow2-read qcow2-write partition vdi-read vpc-read; do
     # the partition harness also checks that the sectors copied for
     # libblkid give the table libblkid reads from the whole disk
     run --separate-stderr env FDE_FUZZ_STRICT_COPY=1 \
@@ -71,12 +71,12 @@ requires_libfuzzer() {
   run make -C "$FDE_BUILDDIR" fuzz-build fuzz-corpus
   assert_success
   local h
-  for h in qcow2-read qcow2-write partition; do
+  for h in qcow2-read qcow2-write partition vdi-read vpc-read; do
     mkdir -p "$WORK/$h"
     cp "$FDE_BUILDDIR"/tests/fuzz/work/seeds/* "$WORK/$h/"
     run --separate-stderr "$FDE_BUILDDIR/tests/fuzz/fuzz-$h" \
       -max_total_time="${FDE_FUZZ_SMOKE_SECONDS:-15}" -seed=1 \
-      -dict="$FDE_SRCDIR/tests/fuzz/qcow2.dict" -max_len=1048576 \
+      -dict="$FDE_SRCDIR/tests/fuzz/${h%%-*}.dict" -max_len=1048576 \
       -close_fd_mask=2 -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$WORK/" "$WORK/$h"
     [ "$status" = 0 ] || fail "fuzz-$h found a problem (status $status): $(echo "$stderr" | tail -30)"

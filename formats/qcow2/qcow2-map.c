@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "chain.h"
 #include "format.h"
 #include "qcow2.h"
 
@@ -194,33 +195,6 @@ map_locked(struct qcow2_disk *q, uint64_t l1_index, uint64_t off,
   return r;
 }
 
-/* How many bytes of [off, off+len) the backing layer has: 0 past its end
- * or without one (the rest reads as zeros). */
-static uint64_t
-backing_part(const struct qcow2_disk *q, uint64_t off, uint64_t len)
-{
-  const struct fde_disk *b = q->backing;
-
-  if (b == NULL || off >= b->size)
-    return 0;
-  return b->size - off < len ? b->size - off : len;
-}
-
-/* Read from the backing layer at the same guest offset; zeros past its
- * end or without one. */
-static int
-read_backing(struct qcow2_disk *q, char *buf, uint64_t len, uint64_t off)
-{
-  struct fde_disk *b = q->backing;
-  uint64_t n = backing_part(q, off, len);
-  int r;
-
-  if (n > 0 && (r = b->format->pread(b, buf, n, off)) < 0)
-    return r;
-  memset(buf + n, 0, len - n);
-  return 0;
-}
-
 /* A pending host-contiguous data read, issued when the run breaks. */
 struct pending {
   char *buf;
@@ -268,7 +242,7 @@ read_run(struct qcow2_disk *q, const struct qcow2_extent *e, char *buf,
     memset(buf, 0, e->len);
     return 0;
   case QCOW2_BACKING:
-    return read_backing(q, buf, e->len, off);
+    return fde_chain_read_lower(q->backing, buf, e->len, off);
   case QCOW2_COMPRESSED:
     return qcow2_read_compressed(q, e->desc,
                                  qcow2_offset_into_cluster(q, off), buf,
@@ -313,7 +287,6 @@ qcow2_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
   struct qcow2_disk *q = to_qcow2(d);
   struct qcow2_extent e;
   int r = qcow2_map(q, off, len, &e);
-  uint64_t below;
 
   if (r < 0)
     return r;
@@ -327,10 +300,7 @@ qcow2_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
   case QCOW2_ZERO:
     return 0;
   case QCOW2_BACKING:
-    if ((below = backing_part(q, off, e.len)) == 0)
-      return 0;
-    return q->backing->format->block_status(q->backing, off, below, run,
-                                            status);
+    return fde_chain_status_lower(q->backing, off, e.len, run, status);
   }
   return -EIO;
 }
@@ -346,9 +316,7 @@ qcow2_map_file(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
                uint64_t *host, uint64_t *run)
 {
   struct qcow2_disk *q = to_qcow2(d);
-  struct fde_disk *b = q->backing;
   struct qcow2_extent e;
-  uint64_t below;
   int r = qcow2_map(q, off, len, &e);
 
   if (r < 0)
@@ -363,8 +331,7 @@ qcow2_map_file(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
     *host = e.host;
     return 1;
   }
-  if (e.kind != QCOW2_BACKING || (below = backing_part(q, off, e.len)) == 0
-      || b->format->map == NULL)
-    return 0;                   /* zeros, compressed, or nothing below */
-  return b->format->map(b, off, below, fd, host, run);
+  if (e.kind != QCOW2_BACKING)
+    return 0;                   /* zeros or compressed */
+  return fde_chain_map_lower(q->backing, off, e.len, fd, host, run);
 }

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "chain.h"
 #include "format.h"
 #include "qcow2.h"
 
@@ -643,101 +644,14 @@ read_backing_name(struct open_ctx *c)
   return c->q->backing_name == NULL ? -ENOMEM : 0;
 }
 
-/* Resolve the backing name as QEMU does, lexically: absolute names as
- * they are, relative ones against the directory of the overlay's path as
- * given.  Protocol ("nbd:", "json:", "foo:bar") names are refused. */
-static int
-resolve_backing(const char *overlay, const char *name, char **out)
-{
-  const char *colon = strchr(name, ':');
-  const char *slash = strchr(name, '/');
-  const char *last;
-
-  if (colon != NULL && (slash == NULL || colon < slash)) {
-    fde_error("%s: backing file '%s' uses a protocol or json: syntax, which "
-              "is not supported", overlay, name);
-    return -ENOTSUP;
-  }
-  last = strrchr(overlay, '/');
-  if (name[0] == '/' || last == NULL)
-    *out = strdup(name);
-  else if (asprintf(out, "%.*s/%s", (int) (last - overlay), overlay,
-                    name) == -1)
-    *out = NULL;
-  return *out == NULL ? -ENOMEM : 0;
-}
-
-/* The format of the backing layer: from the extension (raw or qcow2
- * only), or NULL to probe between them. */
-static int
-backing_format(struct qcow2_disk *q, const struct fde_format **fmt)
-{
-  *fmt = NULL;
-  if (q->backing_format[0] == '\0')
-    return 0;
-  if (strcmp(q->backing_format, "raw") == 0
-      || strcmp(q->backing_format, "qcow2") == 0) {
-    *fmt = fde_format_by_name(q->backing_format);
-    return 0;
-  }
-  fde_error("%s: backing format '%s' is not supported (only raw and qcow2)",
-            q->disk.path, q->backing_format);
-  return -ENOTSUP;
-}
-
-/* Start a chain for loop detection when the caller gave none: record the
- * top layer ourselves. */
-static int
-local_chain(const struct fde_open_params *p, struct fde_chain *chain)
-{
-  struct stat st;
-
-  if (fstat(p->fd, &st) == -1)
-    return -errno;
-  chain->depth = 1;
-  chain->dev[0] = st.st_dev;
-  chain->ino[0] = st.st_ino;
-  return 0;
-}
-
-/* Resolve, open and attach the backing layer (recursively, through
- * fde_disk_open, which checks loops and depth). */
+/* Open the backing layer the image names, if any (formats/chain.c: name
+ * resolution, the owner rule, loop and depth checks, format probing). */
 static int
 open_backing(const struct fde_open_params *p, struct qcow2_disk *q)
 {
-  struct fde_open_params cp = *p;
-  struct fde_chain local;
-  const struct fde_format *fmt;
-  int fd, r;
-
-  if (q->backing_name == NULL)
-    return 0;
-  if ((r = backing_format(q, &fmt)) < 0
-      || (r = resolve_backing(p->path, q->backing_name, &q->backing_path)) < 0)
-    return r;
-  if (cp.chain == NULL) {
-    if ((r = local_chain(p, &local)) < 0)
-      return r;
-    cp.chain = &local;
-  }
-  /* the shared opener: read-only, a regular file, and readable by the
-   * image's owner when someone else exports it (formats/owner.c) */
-  if ((fd = fde_open_named(p, "backing file", q->backing_path)) < 0)
-    return fd;
-  cp.path = q->backing_path;
-  cp.fd = fd;
-  cp.read_only = true;
-  cp.snapshot = NULL;
-  r = fde_disk_open(fmt, &cp, &q->backing);
-  if (r < 0) {
-    close(fd);
-    q->backing = NULL;
-    return r;
-  }
-  if (fmt == NULL && p->verbose > 0)
-    fde_warn("%s: backing file %s has no recorded format; probed as %s",
-             p->path, q->backing_path, q->backing->format->name);
-  return 0;
+  return fde_chain_open_backing(p, q->backing_name,
+                                q->backing_format[0] ? q->backing_format
+                                : NULL, "backing file", &q->backing);
 }
 
 /* Fill the geometry fields of q from the validated header. */
@@ -873,7 +787,6 @@ free_disk(struct qcow2_disk *q)
   free(q->l1);
   free(q->feature_names);
   free(q->backing_name);
-  free(q->backing_path);
   free(q->disk.path);
   free(q);
 }
@@ -942,14 +855,6 @@ qcow2_allocated_bytes(struct fde_disk *d)
   return fde_file_allocated(to_qcow2(d)->fd);
 }
 
-/* Print a string from the image with control characters made visible. */
-static void
-print_safe(FILE *out, const char *s)
-{
-  for (; *s; s++)
-    fputc((unsigned char) *s < 0x20 || *s == 0x7f ? '?' : *s, out);
-}
-
 /* "key: name name ..." for the set bits of one feature word. */
 static void
 describe_features(const struct qcow2_disk *q, FILE *out, const char *key,
@@ -963,7 +868,7 @@ describe_features(const struct qcow2_disk *q, FILE *out, const char *key,
   for (unsigned bit = 0; bit < 64; bit++) {
     if (bits & (1ull << bit)) {
       fputc(' ', out);
-      print_safe(out, feature_name(q, type, bit, buf));
+      fde_print_safe(out, feature_name(q, type, bit, buf));
     }
   }
   fputc('\n', out);
@@ -977,37 +882,12 @@ describe_snapshots(const struct qcow2_disk *q, FILE *out)
   for (uint32_t i = 0; i < q->nb_snapshots; i++) {
     const struct qcow2_snapshot *s = &q->snapshots[i];
     fputs("snapshot: id=", out);
-    print_safe(out, s->id);
+    fde_print_safe(out, s->id);
     fputs(" name=", out);
-    print_safe(out, s->name);
+    fde_print_safe(out, s->name);
     fprintf(out, " disk-size=%" PRIu64 "%s\n", s->disk_size,
             s == q->exported ? " (exported)" : "");
   }
-}
-
-/* The backing layer, described recursively with two spaces of indent. */
-static void
-describe_backing(const struct qcow2_disk *q, FILE *out)
-{
-  char *text = NULL;
-  size_t size = 0;
-  FILE *mem;
-
-  fputs("backing-file: ", out);
-  print_safe(out, q->backing_path);
-  fprintf(out, "\nbacking-format: %s%s\n", q->backing->format->name,
-          q->backing_format[0] ? "" : " (probed)");
-  mem = open_memstream(&text, &size);
-  if (mem == NULL)
-    return;
-  fprintf(mem, "format: %s\nvirtual-size: %" PRIu64 "\n",
-          q->backing->format->name, q->backing->size);
-  q->backing->format->describe(q->backing, mem);
-  fclose(mem);
-  fputs("backing:\n", out);
-  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
-    fprintf(out, "  %s\n", line);
-  free(text);
 }
 
 static void
@@ -1027,8 +907,7 @@ qcow2_describe(struct fde_disk *d, FILE *out)
   if (q->nb_bitmaps)
     fprintf(out, "bitmaps: %" PRIu32 "\n", q->nb_bitmaps);
   describe_snapshots(q, out);
-  if (q->backing != NULL)
-    describe_backing(q, out);
+  fde_chain_describe(q->backing, q->backing_format[0] == '\0', out);
 }
 
 /* Free everything and close the file; no flush (format.h): the caller
@@ -1058,6 +937,22 @@ qcow2_io_end(struct fde_disk *d, unsigned token)
   qcow2_io_leave(to_qcow2(d), token);
 }
 
+/* format.h's capabilities: writable unless opened read-only or as a
+ * snapshot view (read_only is then set); zeroing and discards are
+ * native (zero or unallocated clusters, qcow2-write.c), and allocated
+ * runs can be spliced from the file (qcow2_map_file). */
+static bool
+qcow2_can_write(struct fde_disk *d)
+{
+  return !d->read_only;
+}
+
+static bool
+qcow2_can_always(struct fde_disk *d)
+{
+  return true;
+}
+
 const struct fde_format fde_format_qcow2 = {
   .name            = "qcow2",
   .probe           = qcow2_probe,
@@ -1075,4 +970,9 @@ const struct fde_format fde_format_qcow2 = {
   .map             = qcow2_map_file,
   .io_begin        = qcow2_io_begin,
   .io_end          = qcow2_io_end,
+
+  .can_write       = qcow2_can_write,
+  .can_zero        = qcow2_can_always,
+  .can_discard     = qcow2_can_always,
+  .can_map         = qcow2_can_always,
 };

@@ -239,9 +239,8 @@ struct qcow2_disk {
 
   /* backing chain */
   char *backing_name;           /* as stored */
-  char *backing_path;           /* as resolved */
   char backing_format[QCOW2_MAX_FORMAT_NAME];   /* "" if no extension */
-  struct fde_disk *backing;
+  struct fde_disk *backing;     /* (formats/chain.h) its path: as resolved */
 
   /* caches and run-time error reporting */
   struct qcow2_l2_cache *l2_cache;

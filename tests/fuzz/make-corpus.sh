@@ -20,6 +20,7 @@ for t in qemu-img qemu-io; do
   command -v "$t" >/dev/null 2>&1 || { echo "$0: $t is not installed" >&2; exit 77; }
 done
 mkdir -p "$out"
+fuzzdir=$(cd "$(dirname "$0")" && pwd)   # for ../vpc-poke.py
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/fde-corpus.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
@@ -345,7 +346,138 @@ sparse('far-bsd.sparse', [(0, b), ((4 * MiB + 1) * S, label),
 EOF
 fi
 
-for f in *.qcow2 *.part *.sparse; do
+# VDI images for fuzz-vdi-read: dynamic and static, empty, written by
+# qemu-io (blocks allocated out of order), converted from raw data with
+# holes, a disk of one partial block, and size 0.  Those with data are
+# written in the harness's sparse layout ("FDESPARS" and records of offset,
+# length and bytes, without the runs of zeros), so that a seed of several
+# 1 MiB blocks stays small; the others are kept as they are.
+vdi() {
+  name=$1 size=$2
+  shift 2
+  qemu-img create -q -f vdi ${1:+-o "$1"} "$name.vdi" "$size"
+}
+vdio() {
+  name=$1
+  shift
+  for c in "$@"; do
+    set -- "$@" -c "$c"
+    shift
+  done
+  qemu-io -f vdi "$@" "$name.vdi" >/dev/null
+}
+vdi vdi-empty $((3 * 1048576 + 512))
+vdi vdi-static-empty 2M static=on
+vdi vdi-zero 0
+vdi vdi-written $((3 * 1048576 + 512))
+vdio vdi-written 'write -P 0x11 0 4k' 'write -P 0x22 2M 8k' \
+  'write -P 0x33 1M 512' 'write -P 0x44 3M 512'
+vdi vdi-static-written $((2 * 1048576 + 4096)) static=on
+vdio vdi-static-written 'write -P 0x55 4k 4k' 'write -P 0x66 2M 4k'
+vdi vdi-small 64K
+vdio vdi-small 'write -P 0x77 0 512' 'write -P 0x78 60k 4k'
+printf 'raw data' >vdi-src.raw
+truncate -s 1536K vdi-src.raw
+printf 'more data' | dd of=vdi-src.raw bs=1 seek=1100000 conv=notrunc status=none
+qemu-img convert -f raw -O vdi vdi-src.raw vdi-converted.vdi
+if command -v python3 >/dev/null 2>&1; then
+  for f in vdi-*.vdi; do
+    python3 - "$f" <<'EOF'
+import struct, sys
+name = sys.argv[1]
+data = open(name, "rb").read()
+if len(data) > 65536:
+    out, S, off = bytearray(b"FDESPARS"), 512, 0
+    while off < len(data):
+        if data[off:off + S].strip(b"\0"):
+            end = off + S
+            while end < len(data) and data[end:end + S].strip(b"\0"):
+                end += S
+            out += struct.pack("<QI", off, len(data[off:end])) + data[off:end]
+            off = end
+        else:
+            off += S
+    out += struct.pack("<QI", len(data), 0)
+    open(name, "wb").write(out)
+EOF
+  done
+fi
+
+# VHD images for fuzz-vpc-read: qemu-img's dynamic (empty, written,
+# force_size, size 0, converted from data) and fixed ones, and
+# differencing disks over the harness's base.vhd made by tests/vpc-poke.py
+# (4 and 8 KiB blocks, sectors present and absent in the bitmaps, each
+# kind of parent locator).  Runs of 4 KiB or more of zeros are cut out and
+# listed in the harness's "FDEHOLES" trailer, so a 2 MiB block stays small.
+vpc() {
+  name=$1 size=$2
+  shift 2
+  qemu-img create -q -f vpc ${1:+-o "$1"} "$name.vhd" "$size"
+}
+vpco() {
+  name=$1
+  shift
+  for c in "$@"; do
+    set -- "$@" -c "$c"
+    shift
+  done
+  qemu-io -f vpc "$@" "$name.vhd" >/dev/null
+}
+vpc vpc-empty 3M
+vpc vpc-zero 0
+vpc vpc-written 6M
+vpco vpc-written 'write -P 0x11 0 4k' 'write -P 0x22 2049k 1k' \
+  'write -P 0x33 5M 512'
+vpc vpc-force 5000000 force_size=on
+vpco vpc-force 'write -P 0x44 1M 4k'
+vpc vpc-fixed 1M subformat=fixed
+vpco vpc-fixed 'write -P 0x55 0 512' 'write -P 0x56 700k 4k'
+vpc vpc-fixed-force 100000 subformat=fixed,force_size=on
+vpco vpc-fixed-force 'write -P 0x57 90k 512'
+printf 'vhd data' >vpc-src.raw
+truncate -s 3M vpc-src.raw
+printf 'more data' | dd of=vpc-src.raw bs=1 seek=2500000 conv=notrunc status=none
+qemu-img convert -f raw -O vpc vpc-src.raw vpc-converted.vhd
+if command -v python3 >/dev/null 2>&1; then
+  # base.vhd exactly as fuzz-vpc-read.c makes it in its sandbox
+  python3 -c '
+import struct
+img = bytearray((i * 13 + 5) & 0xff for i in range(65536))
+f = bytearray(512)
+struct.pack_into(">8sIIQI4sI4sQQHBBI", f, 0, b"conectix", 2, 0x10000,
+                 2**64 - 1, 0, b"win ", 0xa0000, b"Wi2k", 65536, 65536,
+                 4, 4, 8, 2)
+f[68:84] = b"FDE-FUZZ-BASEVHD"
+struct.pack_into(">I", f, 64, ~sum(f) & 0xffffffff)
+open("base.vhd", "wb").write(img + f)'
+  poke="python3 $fuzzdir/../vpc-poke.py"
+  $poke diff base.vhd vpc-diff-w2ru.vhd --block 4096 --w2ru '.\base.vhd' \
+    --write 0:4096:0x61 --write 8192:512:0x62 --write 12800:1024:0x63
+  $poke diff base.vhd vpc-diff-macx.vhd --block 8192 \
+    --macx 'file://./base.vhd' --write 4096:8192:0x64 --write 61440:512:0x65
+  $poke diff base.vhd vpc-diff-name.vhd --block 4096 \
+    --w2ku 'C:\vms\base.vhd' --name 'C:\vms\base.vhd' --write 32768:2048:0x66
+  rm -f base.vhd
+  for f in vpc-*.vhd; do
+    python3 -c '
+import re, struct, sys
+name = sys.argv[1]
+data = open(name, "rb").read()
+holes = [(m.start(), m.end() - m.start())
+         for m in re.finditer(rb"\0{4096,}", data)][:16]
+out, pos, recs = bytearray(), 0, b""
+for at, n in holes:
+    out += data[pos:at]
+    recs += struct.pack("<II", at, n)
+    pos = at + n
+out += data[pos:]
+if holes:
+    out += recs + b"FDEHOLES" + struct.pack("<I", len(holes))
+open(name, "wb").write(out)' "$f"
+  done
+fi
+
+for f in *.qcow2 *.part *.sparse *.vdi *.vhd; do
   [ -f "$f" ] && cp "$f" "$out/seed-$f"
 done
 echo "$0: $(ls "$out" | wc -l) seeds in $out"
