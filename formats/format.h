@@ -69,6 +69,14 @@ struct fde_open_params {
   int verbose;            /* >0: print notes (backing probe warnings...) */
   struct fde_chain *chain;/* layers above this one (already recorded) */
   struct fde_owner owner; /* the top image's owner (fde_owner_of) */
+  /* The image is the file_length bytes of fd starting at byte file_offset
+   * (a member of an OVA's tar, formats/ova.c); both 0: the whole file.
+   * Only backends whose fde_format.in_container is true are ever opened
+   * with a window; they add file_offset to every host offset they read
+   * (and map returns) and treat file_length as the file's size (a VMDK
+   * stream footer sits at file_length - 1024).  Always read-only. */
+  uint64_t file_offset;
+  uint64_t file_length;
 };
 
 /* block_status result bits. */
@@ -174,6 +182,11 @@ struct fde_format {
   /* May map be called (reads spliced from the image file)?  No: every
    * read goes through pread. */
   bool (*can_map)(struct fde_disk *disk);
+
+  /* May this format be opened on a window of a file (params->file_offset
+   * and file_length, an OVA member)?  false: never (the OVA backend then
+   * refuses such a member by name). */
+  bool in_container;
 };
 
 /* ---- formats/caps.c: asking a disk what it can do ---------------------- */
