@@ -109,27 +109,6 @@ fde_chain_open_file(const struct fde_open_params *params, const char *name,
   return r;
 }
 
-/* The served formats' names from the table of formats, "raw, qcow2 and
- * vdi", into buf (len bytes; cut short if it does not fit). */
-static const char *
-served_names(char *buf, size_t len)
-{
-  size_t n = 0, left = 0;
-
-  for (size_t i = 0; i < fde_format_table_len; i++)
-    left += fde_format_table[i].backend != NULL;
-  buf[0] = '\0';
-  for (size_t i = 0; i < fde_format_table_len && n < len; i++) {
-    if (fde_format_table[i].backend == NULL)
-      continue;
-    left--;
-    n += (size_t) snprintf(buf + n, len - n, "%s%s",
-                           n == 0 ? "" : left == 0 ? " and " : ", ",
-                           fde_format_table[i].name);
-  }
-  return buf;
-}
-
 /* The format the image records: a served format (QEMU opens any format
  * it has a driver for), or NULL (*fmt) to probe between them when it
  * records none.  A name not served is refused, not probed. */
@@ -145,7 +124,7 @@ recorded_format(const struct fde_open_params *p, const char *name,
   if ((*fmt = fde_format_by_name(name)) != NULL)
     return 0;
   fde_error("%s: backing format '%s' is not supported (only %s)", p->path,
-            name, served_names(names, sizeof names));
+            name, fde_format_served_names(names, sizeof names));
   return -ENOTSUP;
 }
 
@@ -259,7 +238,7 @@ fde_chain_map_lower(struct fde_disk *lower, uint64_t off, uint64_t len,
   uint64_t below = fde_chain_lower_part(lower, off, len);
 
   *run = len;
-  if (below == 0 || lower->format->map == NULL)
+  if (below == 0 || !fde_disk_can_map(lower))
     return 0;                   /* zeros below, or no file to splice from */
   return lower->format->map(lower, off, below, fd, host, run);
 }

@@ -112,7 +112,8 @@ int fde_chain_status_lower(struct fde_disk *lower, uint64_t off,
                            uint64_t len, uint64_t *run, unsigned *status);
 
 /* map (format.h) of [off, off + len) for a range the upper layer leaves to
- * lower: lower's answer when it has the range and a map member; else 0
+ * lower: lower's answer when it has the range and can map
+ * (fde_disk_can_map: a map member and a yes from can_map); else 0
  * (read it with fde_chain_read_lower) with *run = len.  Lower layers are
  * read-only and never hand a host range to other data, so the upper
  * layer's io_begin/io_end bracket covers them. */

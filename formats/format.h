@@ -77,6 +77,9 @@ struct fde_open_params {
    * stream footer sits at file_length - 1024).  Always read-only. */
   uint64_t file_offset;
   uint64_t file_length;
+  /* --disk=N: which disk of a container (an OVA's, formats/ova.c) to
+   * export, from 1; 0: the first.  Other formats ignore it. */
+  unsigned disk;
 };
 
 /* block_status result bits. */
@@ -221,11 +224,15 @@ extern const struct fde_format fde_format_raw;
 extern const struct fde_format fde_format_qcow2;
 extern const struct fde_format fde_format_vdi;    /* formats/vdi.c */
 extern const struct fde_format fde_format_vpc;    /* formats/vpc.c */
+extern const struct fde_format fde_format_vhdx;   /* formats/vhdx.c */
+extern const struct fde_format fde_format_vmdk;   /* formats/vmdk.c */
+extern const struct fde_format fde_format_ova;    /* formats/ova.c */
 
-/* formats/vpc.c: does fd end in a fixed VHD's footer (valid checksum,
- * disk type fixed, current size = the file less the footer)?  The vpc
- * row's tail_magic: QEMU's probe looks at offset 0 only. */
-bool fde_vpc_fixed_footer(int fd);
+/* formats/vpc.c: is tail (the last len bytes of a file of size bytes)
+ * a fixed VHD's footer (valid checksum, disk type fixed, current size =
+ * the file less the footer)?  The vpc row's tail_magic: QEMU's probe
+ * looks at offset 0 only. */
+bool fde_vpc_fixed_footer(const uint8_t *tail, size_t len, uint64_t size);
 
 /* ---- formats/formats-table.c: the table of formats ----------------------
  *
@@ -245,6 +252,7 @@ struct fde_magic {
                            * ("VMDK (descriptor file)"); NULL: the title */
 };
 #define FDE_FORMAT_MAGICS 3
+#define FDE_TAIL_BYTES 512      /* what tail_magic sees: the last sector */
 
 struct fde_format_info {
   const char *name;       /* --format's name: QEMU's, lower case ("vpc") */
@@ -257,15 +265,23 @@ struct fde_format_info {
    * "TITLE (unknown version)" rather than served as raw.  Refused: any of
    * magic[] at the start of the file, or tail_magic, marks the file. */
   struct fde_magic magic[FDE_FORMAT_MAGICS];
-  bool (*tail_magic)(int fd); /* a signature at the end of the file (DMG's
-                               * trailer), or NULL; reads through the
-                               * I/O seam, never changes the file */
+  /* A signature at the end of the file (DMG's trailer, a fixed VHD's
+   * footer), or NULL: tail is the file's last len bytes (len is
+   * FDE_TAIL_BYTES, or size when the file is shorter), size the file's
+   * size in bytes.  The table reads the tail (through the I/O seam); the
+   * sector guard asks the same question of a write's result. */
+  bool (*tail_magic)(const uint8_t *tail, size_t len, uint64_t size);
   const char *description;    /* one line, lower case, at most 54
                                * columns (--help adds " (read-only)") */
 };
 
 extern const struct fde_format_info fde_format_table[];
 extern const size_t fde_format_table_len;
+
+/* The served formats' names in table order, "raw, qcow2, vdi and vpc",
+ * NUL-terminated into buf (len > 0 bytes; cut short if it does not fit),
+ * for messages that list what may be asked for.  Returns buf. */
+const char *fde_format_served_names(char *buf, size_t len);
 
 /* The row named name (served or refused), or NULL. */
 const struct fde_format_info *fde_format_info_by_name(const char *name);
@@ -299,6 +315,13 @@ struct fde_format_match fde_format_identify(const uint8_t *head, size_t len,
  * format but raw, served or refused) the next time it is probed?  The
  * sector-0 guard's test (formats/guard.c). */
 bool fde_format_head_is_image(const uint8_t *head, size_t len);
+
+/* Would a disk of size bytes whose last len bytes are tail (len as for
+ * tail_magic) look like an image file by a signature at its end (a fixed
+ * VHD's footer, a DMG trailer) the next time it is probed?  The guard's
+ * test for the last sector (formats/guard.c). */
+bool fde_format_tail_is_image(const uint8_t *tail, size_t len,
+                              uint64_t size);
 
 /* ---- formats/registry.c: opening a layer ------------------------------- */
 
@@ -370,6 +393,16 @@ int fde_pread_full(int fd, void *buf, size_t len, uint64_t off);
 
 /* Bytes of storage a file uses on its file system (0 if unknown). */
 uint64_t fde_file_allocated(int fd);
+
+/* What the file system says of the len (> 0) bytes of fd at off, by
+ * SEEK_DATA/SEEK_HOLE: true when they start with data, false when they
+ * start in a hole (or lie past the end of the file), which reads as
+ * zeros; the run of the same kind from off, at most len, in *run.  Where
+ * the file system cannot say (no SEEK_DATA), all of it is data.  For
+ * raw files and for formats whose data is stored as in a raw file (QEMU's
+ * file driver answers block status the same way: file-posix.c
+ * find_allocation). */
+bool fde_file_data_run(int fd, uint64_t off, uint64_t len, uint64_t *run);
 
 /* pwrite() that retries short writes and EINTR; 0 or -errno. */
 int fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);

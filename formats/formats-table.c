@@ -11,8 +11,10 @@
  * row here. */
 #include <config.h>
 
+#include <linux/fs.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 
 #include "format.h"
@@ -22,7 +24,7 @@
 #define MAGIC(off, str) { off, sizeof str - 1, str, NULL }
 #define MAGIC_AS(off, str, variant) { off, sizeof str - 1, str, variant }
 
-static bool dmg_trailer(int fd);
+static bool dmg_trailer(const uint8_t *tail, size_t len, uint64_t size);
 
 /* Signatures are QEMU's probes (block/<format>.c).  Order matters only
  * between rows whose signatures overlap: qcow (version 1) is tested
@@ -38,20 +40,24 @@ const struct fde_format_info fde_format_table[] = {
     .description = "QEMU copy-on-write version 1" },
   { .name = "qed", .title = "QED", .magic = { MAGIC(0, "QED\0") },
     .description = "QEMU enhanced disk" },
-  { .name = "vmdk", .title = "VMDK",
+  { .name = "vmdk", .title = "VMDK", .backend = &fde_format_vmdk,
     .magic = { MAGIC_AS(0, "KDMV", "VMDK (sparse extent)"),
                MAGIC_AS(0, "COWD", "VMDK (ESX sparse extent)"),
                MAGIC_AS(0, "# Disk DescriptorFile",
                         "VMDK (descriptor file)") },
-    .description = "VMware virtual disk" },
+    .description = "VMware VMDK: sparse, stream, flat, split, delta" },
   { .name = "vdi", .title = "VDI", .backend = &fde_format_vdi,
     .magic = { MAGIC(64, "\x7f\x10\xda\xbe") },
     .description = "VirtualBox virtual disk: dynamic, static" },
   { .name = "vpc", .title = "VHD", .backend = &fde_format_vpc,
     .magic = { MAGIC(0, "conectix") }, .tail_magic = fde_vpc_fixed_footer,
     .description = "Microsoft VHD: fixed, dynamic, differencing" },
-  { .name = "vhdx", .title = "VHDX", .magic = { MAGIC(0, "vhdxfile") },
-    .description = "Microsoft Hyper-V virtual disk (VHDX)" },
+  /* no magic: a plain tar is raw; the probe wants a first member *.ovf */
+  { .name = "ova", .title = "OVA", .backend = &fde_format_ova,
+    .description = "OVF appliance (tar): its disks, --disk=N" },
+  { .name = "vhdx", .title = "VHDX", .backend = &fde_format_vhdx,
+    .magic = { MAGIC(0, "vhdxfile") },
+    .description = "Microsoft VHDX: fixed, dynamic, differencing" },
   { .name = "luks", .title = "LUKS", .magic = { MAGIC(0, "LUKS\xba\xbe") },
     .description = "LUKS encrypted volume" },
   { .name = "parallels", .title = "Parallels",
@@ -71,16 +77,37 @@ const size_t fde_format_table_len =
 
 /* DMG keeps its "koly" trailer in the last 512 bytes of the file. */
 static bool
-dmg_trailer(int fd)
+dmg_trailer(const uint8_t *tail, size_t len, uint64_t size)
+{
+  (void) size;
+  return len == 512 && memcmp(tail, "koly", 4) == 0;
+}
+
+/* The last bytes of fd (FDE_TAIL_BYTES, fewer for a shorter file) into
+ * tail, their number in *len and the file's size in *size, for the
+ * tail_magic tests; false when they cannot be read (then no tail
+ * signature matches). */
+static bool
+read_tail(int fd, uint8_t *tail, size_t *len, uint64_t *size)
 {
   struct stat st;
-  uint8_t tail[4];
 
-  if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_size < 512)
+  if (fstat(fd, &st) == -1)
     return false;
-  if (fde_pread_full(fd, tail, sizeof tail, (uint64_t) st.st_size - 512) < 0)
+  if (S_ISREG(st.st_mode))
+    *size = (uint64_t) st.st_size;
+  else if (!S_ISBLK(st.st_mode) || ioctl(fd, BLKGETSIZE64, size) != 0)
     return false;
-  return memcmp(tail, "koly", 4) == 0;
+  *len = *size < FDE_TAIL_BYTES ? (size_t) *size : FDE_TAIL_BYTES;
+  return fde_pread_full(fd, tail, *len, *size - *len) == 0;
+}
+
+/* Does row's tail_magic match the tail read (have: read_tail said yes)? */
+static bool
+match_tail(const struct fde_format_info *row, bool have, const uint8_t *tail,
+           size_t len, uint64_t size)
+{
+  return have && row->tail_magic != NULL && row->tail_magic(tail, len, size);
 }
 
 /* The first of row's signatures found in head, or NULL. */
@@ -94,6 +121,25 @@ find_magic(const struct fde_format_info *row, const uint8_t *head, size_t len)
       return m;
   }
   return NULL;
+}
+
+const char *
+fde_format_served_names(char *buf, size_t len)
+{
+  size_t n = 0, left = 0;
+
+  for (size_t i = 0; i < fde_format_table_len; i++)
+    left += fde_format_table[i].backend != NULL;
+  buf[0] = '\0';
+  for (size_t i = 0; i < fde_format_table_len && n < len; i++) {
+    if (fde_format_table[i].backend == NULL)
+      continue;
+    left--;
+    n += (size_t) snprintf(buf + n, len - n, "%s%s",
+                           n == 0 ? "" : left == 0 ? " and " : ", ",
+                           fde_format_table[i].name);
+  }
+  return buf;
 }
 
 const struct fde_format_info *
@@ -132,7 +178,8 @@ fde_format_probe(const uint8_t *buf, size_t len)
 
 /* A refused row whose signature is in head (or at the end of fd). */
 static bool
-match_refused(const uint8_t *head, size_t len, int fd,
+match_refused(const uint8_t *head, size_t len, const uint8_t *tail,
+              size_t tail_len, uint64_t size, bool have_tail,
               struct fde_format_match *m)
 {
   for (size_t i = 0; i < fde_format_table_len; i++) {
@@ -141,7 +188,7 @@ match_refused(const uint8_t *head, size_t len, int fd,
     if (row->backend != NULL)
       continue;
     if ((magic = find_magic(row, head, len)) != NULL
-        || (fd >= 0 && row->tail_magic != NULL && row->tail_magic(fd))) {
+        || match_tail(row, have_tail, tail, tail_len, size)) {
       m->info = row;
       snprintf(m->what, sizeof m->what, "%s",
                magic != NULL && magic->variant != NULL ? magic->variant
@@ -169,15 +216,15 @@ match_unknown_version(const uint8_t *head, size_t len,
   return false;
 }
 
-/* The backend of the first served row whose signature is at the end of
- * fd, or raw's. */
+/* The backend of the first served row whose signature is in the tail,
+ * or raw's. */
 static const struct fde_format *
-match_served_tail(int fd)
+match_served_tail(const uint8_t *tail, size_t len, uint64_t size,
+                  bool have_tail)
 {
   for (size_t i = 0; i < fde_format_table_len; i++) {
     const struct fde_format_info *row = &fde_format_table[i];
-    if (row->backend != NULL && row->tail_magic != NULL
-        && row->tail_magic(fd))
+    if (row->backend != NULL && match_tail(row, have_tail, tail, len, size))
       return row->backend;
   }
   return &fde_format_raw;
@@ -187,12 +234,16 @@ struct fde_format_match
 fde_format_identify(const uint8_t *head, size_t len, int fd)
 {
   struct fde_format_match m = { 0 };
+  uint8_t tail[FDE_TAIL_BYTES];
+  size_t tail_len = 0;
+  uint64_t size = 0;
+  bool have_tail = fd >= 0 && read_tail(fd, tail, &tail_len, &size);
 
-  if (match_refused(head, len, fd, &m))
+  if (match_refused(head, len, tail, tail_len, size, have_tail, &m))
     return m;
   m.format = fde_format_probe(head, len);
-  if (m.format == &fde_format_raw && fd >= 0)
-    m.format = match_served_tail(fd);
+  if (m.format == &fde_format_raw)
+    m.format = match_served_tail(tail, tail_len, size, have_tail);
   if (m.format == &fde_format_raw && match_unknown_version(head, len, &m)) {
     m.format = NULL;
     return m;
@@ -208,4 +259,13 @@ bool
 fde_format_head_is_image(const uint8_t *head, size_t len)
 {
   return fde_format_identify(head, len, -1).format != &fde_format_raw;
+}
+
+bool
+fde_format_tail_is_image(const uint8_t *tail, size_t len, uint64_t size)
+{
+  for (size_t i = 0; i < fde_format_table_len; i++)
+    if (match_tail(&fde_format_table[i], true, tail, len, size))
+      return true;
+  return false;
 }

@@ -171,6 +171,24 @@ fde_file_allocated(int fd)
   return (uint64_t) st.st_blocks * 512;
 }
 
+bool
+fde_file_data_run(int fd, uint64_t off, uint64_t len, uint64_t *run)
+{
+  off_t data = lseek(fd, (off_t) off, SEEK_DATA), end;
+
+  *run = len;
+  if (data == -1)               /* ENXIO: a hole up to EOF; else unknown */
+    return errno != ENXIO;
+  if ((uint64_t) data > off) {
+    *run = (uint64_t) data - off < len ? (uint64_t) data - off : len;
+    return false;
+  }
+  end = lseek(fd, (off_t) off, SEEK_HOLE);
+  if (end != -1 && (uint64_t) end > off && (uint64_t) end - off < len)
+    *run = (uint64_t) end - off;
+  return true;
+}
+
 int
 fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 {

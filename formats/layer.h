@@ -169,10 +169,18 @@ fde_disk_size(const struct fde_disk *d)
  * the image probe as another format the next time it is opened.  The
  * guard reads sector 0, applies the write or zeroing to a copy, and
  * refuses the write with -EPERM (and one warning naming image) when
- * is_image says the result looks like an image header.  Writes that do
- * not touch sector 0 pass straight through. */
+ * is_image says the result looks like an image header.
+ *
+ * Our probe also looks at the end of a file (a fixed VHD is known by the
+ * footer in its last sector; QEMU's probe does not look there, so QEMU
+ * has no such rule): when tail_is_image is not NULL, a write reaching
+ * into the last sector (the disk's last min(512, size) bytes) is checked
+ * the same way, tail_is_image(copy, its length, disk size) deciding.
+ * Writes touching neither sector pass straight through. */
 int fde_guard_open(struct fde_disk *lower, const char *image,
                    bool (*is_image)(const uint8_t *sector, size_t len),
+                   bool (*tail_is_image)(const uint8_t *tail, size_t len,
+                                         uint64_t size),
                    struct fde_disk **out);
 
 #endif /* FDE_LAYER_H */

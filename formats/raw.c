@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later
  * Copyright (C) 2026 The fuse-disk-export authors */
 /* fuse-disk-export: the raw backend.  The virtual disk is the file itself;
- * holes, punching and allocation status come from the host file system. */
+ * holes, punching and allocation status come from the host file system.
+ * In an OVA (fde_open_params file_offset/file_length, formats/ova.c) the
+ * disk is a window of the file, always read-only: host offsets are the
+ * disk's plus the window's start, and the disk's size is the window's
+ * (QEMU's raw driver with its offset and size options). */
 #include <config.h>
 
 #include <errno.h>
@@ -19,6 +23,8 @@
 struct raw_disk {
   struct fde_disk disk;         /* must come first */
   int fd;
+  uint64_t base;                /* the window's first byte in fd (0: none) */
+  bool window;                  /* an OVA member: read-only, size fixed */
   bool can_punch;               /* cleared once the file system says no */
   bool can_zero_range;
 };
@@ -64,6 +70,16 @@ raw_open(const struct fde_open_params *p, struct fde_disk **out)
               p->snapshot);
     return -EINVAL;
   }
+  if ((p->file_offset != 0 || p->file_length != 0)
+      && (!p->read_only || p->file_offset > size
+          || p->file_length > size - p->file_offset)) {
+    fde_error("%s: the window of %llu bytes at byte %llu is not inside the "
+              "file (%llu bytes)%s", p->path,
+              (unsigned long long) p->file_length,
+              (unsigned long long) p->file_offset, (unsigned long long) size,
+              p->read_only ? "" : ", or not read-only");
+    return -EINVAL;
+  }
   h = calloc(1, sizeof *h);
   if (h == NULL || (h->disk.path = strdup(p->path)) == NULL) {
     free(h);
@@ -74,6 +90,11 @@ raw_open(const struct fde_open_params *p, struct fde_disk **out)
   h->disk.size = size;
   h->disk.read_only = p->read_only;
   h->fd = p->fd;
+  if (p->file_offset != 0 || p->file_length != 0) {
+    h->window = true;
+    h->base = p->file_offset;
+    h->disk.size = p->file_length;
+  }
   h->can_punch = h->can_zero_range = true;
   *out = &h->disk;
   return 0;
@@ -82,7 +103,7 @@ raw_open(const struct fde_open_params *p, struct fde_disk **out)
 static int
 raw_pread(struct fde_disk *d, void *buf, size_t len, uint64_t off)
 {
-  return fde_pread_full(to_raw(d)->fd, buf, len, off);
+  return fde_pread_full(to_raw(d)->fd, buf, len, to_raw(d)->base + off);
 }
 
 /* The disk is the file: every run is stored verbatim where it is, as far
@@ -100,6 +121,7 @@ raw_map(struct fde_disk *d, uint64_t off, uint64_t len, int *fd,
   *run = len;
   if (fstat(to_raw(d)->fd, &st) == -1)
     return -errno;
+  off += to_raw(d)->base;       /* a window's: never past its end */
   if (S_ISREG(st.st_mode)) {
     uint64_t end = st.st_size > 0 ? (uint64_t) st.st_size : 0;
     if (off >= end)
@@ -184,36 +206,18 @@ static int
 raw_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
                  uint64_t *run, unsigned *status)
 {
-  int fd = to_raw(d)->fd;
-  off_t data = lseek(fd, (off_t) off, SEEK_DATA);
-  off_t end;
+  bool data = fde_file_data_run(to_raw(d)->fd, to_raw(d)->base + off, len,
+                                run);
 
-  if (data == -1 && errno == ENXIO) {   /* only a hole up to EOF */
-    *run = len;
-    *status = FDE_BS_ZERO;
-    return 0;
-  }
-  if (data == -1) {                     /* no SEEK_DATA: all data */
-    *run = len;
-    *status = FDE_BS_DATA;
-    return 0;
-  }
-  if ((uint64_t) data > off) {
-    *run = (uint64_t) data - off < len ? (uint64_t) data - off : len;
-    *status = FDE_BS_ZERO;
-    return 0;
-  }
-  end = lseek(fd, (off_t) off, SEEK_HOLE);
-  if (end == -1 || (uint64_t) end <= off)
-    end = (off_t) (off + len);
-  *run = (uint64_t) end - off < len ? (uint64_t) end - off : len;
-  *status = FDE_BS_DATA;
+  *status = data ? FDE_BS_DATA : FDE_BS_ZERO;
   return 0;
 }
 
 static uint64_t
 raw_allocated_bytes(struct fde_disk *d)
 {
+  if (to_raw(d)->window)         /* the member's share of the archive */
+    return (d->size + 511) / 512 * 512;
   return fde_file_allocated(to_raw(d)->fd);
 }
 
@@ -264,4 +268,5 @@ const struct fde_format fde_format_raw = {
   .can_zero        = raw_can_always,
   .can_discard     = raw_can_always,
   .can_map         = raw_can_always,
+  .in_container    = true,
 };

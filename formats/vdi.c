@@ -26,8 +26,9 @@
  *  - a map entry at or above blocks_allocated, or one whose data (the
  *    part of the block inside the disk) lies past the end of the file
  *    (QEMU reads zeros there: a truncated image).
- * Differencing images (non-null link or parent UUID) are refused, as
- * QEMU does.
+ * Differencing images (image type 4, or a non-null link or parent UUID)
+ * are refused, as QEMU does: see refuse_differencing for why we do not
+ * look for the parent either.
  *
  * Nothing is written, ever: the format has no can_write, so every image
  * is opened read-only with reader locks (fde_disk_open) and the front end
@@ -54,6 +55,7 @@
 #define VDI_VERSION_1_1    0x00010001u
 #define VDI_TYPE_DYNAMIC   1u
 #define VDI_TYPE_STATIC    2u
+#define VDI_TYPE_DIFF      4u             /* VirtualBox's VDI_IMAGE_TYPE_DIFF */
 #define VDI_SECTOR         512u
 #define VDI_BLOCK_BITS     20             /* QEMU reads 1 MiB blocks only */
 #define VDI_BLOCK_SIZE     (1u << VDI_BLOCK_BITS)
@@ -158,12 +160,55 @@ decode_header(const uint8_t *buf, struct vdi_header *h)
   memcpy(h->uuid_parent, buf + OFF_UUID_PARENT, 16);
 }
 
+/* The UUID u as VirtualBox prints it (the first three fields are stored
+ * little-endian: QEMU's uuid_convert) into buf (len >= 37 bytes). */
+static void
+format_uuid(char *buf, size_t len, const uint8_t *u)
+{
+  snprintf(buf, len, "%08" PRIx32 "-%04x-%04x-%02x%02x-%02x%02x%02x%02x%02x"
+           "%02x", get_le32(u), (unsigned) (u[4] | u[5] << 8),
+           (unsigned) (u[6] | u[7] << 8), u[8], u[9], u[10], u[11], u[12],
+           u[13], u[14], u[15]);
+}
+
 static bool
 uuid_is_null(const uint8_t *uuid)
 {
   static const uint8_t null[16];
 
   return memcmp(uuid, null, sizeof null) == 0;
+}
+
+/* A differencing image: VirtualBox's image type 4, or a parent named in
+ * the header (uuid_link, VirtualBox's uuidLinkage: the parent's image
+ * UUID; uuid_parent, its uuidParentModify), which QEMU refuses. */
+static bool
+is_differencing(const struct vdi_header *h)
+{
+  return h->image_type == VDI_TYPE_DIFF || !uuid_is_null(h->uuid_link)
+    || !uuid_is_null(h->uuid_parent);
+}
+
+/* Refused, as QEMU refuses it (vdi_open: "unsupported VDI image (non-NULL
+ * link UUID)"), and deliberately not supported: the header names the
+ * parent by UUID only, never by file name.  VirtualBox finds it through
+ * its media registry (the VM's .vbox file or the user's VirtualBox.xml),
+ * which belongs to whoever runs VirtualBox, not to the image; guessing
+ * (opening files near the image until one has that UUID) would read files
+ * the image never named.  The message says how to get a whole disk. */
+static int
+refuse_differencing(const char *path, const struct vdi_header *h)
+{
+  char uuid[40] = "";
+
+  if (!uuid_is_null(h->uuid_link))
+    format_uuid(uuid, sizeof uuid, h->uuid_link);
+  fde_error("%s: differencing VDI image%s%s%s: not supported, as its parent "
+            "is named only by UUID, in VirtualBox's media registry (merge "
+            "it first: VBoxManage clonemedium)", path,
+            uuid[0] != '\0' ? " (parent " : "", uuid,
+            uuid[0] != '\0' ? ")" : "");
+  return -ENOTSUP;
 }
 
 /* The checks QEMU's vdi_open makes, in its order: 0, or -errno with the
@@ -208,11 +253,8 @@ check_qemu_fields(const char *path, const struct vdi_header *h)
               " blocks", path, h->disk_size, h->blocks);
     return -EINVAL;
   }
-  if (!uuid_is_null(h->uuid_link) || !uuid_is_null(h->uuid_parent)) {
-    fde_error("%s: differencing VDI images (with a parent) are not "
-              "supported", path);
-    return -ENOTSUP;
-  }
+  if (is_differencing(h))
+    return refuse_differencing(path, h);
   if (h->blocks > VDI_BLOCKS_MAX) {
     fde_error("%s: too many VDI blocks (%" PRIu32 ", max %" PRIu32 ")", path,
               h->blocks, VDI_BLOCKS_MAX);
@@ -443,32 +485,6 @@ vdi_pread(struct fde_disk *d, void *buf, size_t len, uint64_t off)
   return 0;
 }
 
-/* What the file system says about len bytes of the file at host, as
- * QEMU's file driver answers the recursion below: a hole (or past the end
- * of the file) reads as zeros. */
-static void
-file_status(int fd, uint64_t host, uint64_t len, uint64_t *run,
-            unsigned *status)
-{
-  off_t data = lseek(fd, (off_t) host, SEEK_DATA), end;
-
-  *run = len;
-  *status = FDE_BS_DATA;
-  if (data == -1) {             /* ENXIO: a hole up to EOF; else unknown */
-    if (errno == ENXIO)
-      *status = FDE_BS_DATA | FDE_BS_ZERO;
-    return;
-  }
-  if ((uint64_t) data > host) {
-    *run = (uint64_t) data - host < len ? (uint64_t) data - host : len;
-    *status = FDE_BS_DATA | FDE_BS_ZERO;
-    return;
-  }
-  end = lseek(fd, (off_t) host, SEEK_HOLE);
-  if (end != -1 && (uint64_t) end > host && (uint64_t) end - host < len)
-    *run = (uint64_t) end - host;
-}
-
 /* vdi_co_block_status: unallocated and discarded blocks are zero,
  * allocated ones data.  For a static image QEMU asks the file system too
  * (BDRV_BLOCK_RECURSE): a hole in the file is data that reads as zeros. */
@@ -483,9 +499,10 @@ vdi_block_status(struct fde_disk *d, uint64_t off, uint64_t len,
     *status = FDE_BS_ZERO;
     return 0;
   }
+  /* a hole in the file (or past its end) reads as zeros (vdi_pread) */
   *status = FDE_BS_DATA;
-  if (v->is_static)
-    file_status(v->fd, host, *run, run, status);
+  if (v->is_static && !fde_file_data_run(v->fd, host, *run, run))
+    *status = FDE_BS_DATA | FDE_BS_ZERO;
   return 0;
 }
 
@@ -517,29 +534,19 @@ vdi_allocated_bytes(struct fde_disk *d)
   return fde_file_allocated(to_vdi(d)->fd);
 }
 
-/* The UUID as VirtualBox prints it: the first three fields are stored
- * little-endian (QEMU's uuid_convert). */
-static void
-print_uuid(FILE *out, const uint8_t *u)
-{
-  fprintf(out, "%08" PRIx32 "-%04x-%04x-", get_le32(u),
-          (unsigned) (u[4] | u[5] << 8), (unsigned) (u[6] | u[7] << 8));
-  for (int i = 8; i < 16; i++)
-    fprintf(out, i == 10 ? "-%02x" : "%02x", u[i]);
-}
 
 static void
 vdi_describe(struct fde_disk *d, FILE *out)
 {
   struct vdi_disk *v = to_vdi(d);
+  char uuid[40];
 
   fprintf(out, "subformat: %s\n", v->is_static ? "static" : "dynamic");
   fprintf(out, "block-size: %u\n", VDI_BLOCK_SIZE);
   fprintf(out, "blocks: %" PRIu32 "\n", v->blocks);
   fprintf(out, "blocks-allocated: %" PRIu32 "\n", v->blocks_allocated);
-  fputs("uuid: ", out);
-  print_uuid(out, v->uuid);
-  fputc('\n', out);
+  format_uuid(uuid, sizeof uuid, v->uuid);
+  fprintf(out, "uuid: %s\n", uuid);
 }
 
 /* format.h's capabilities: read-only (no can_write); allocated runs can

@@ -72,7 +72,12 @@ uint64_t vmdk_sparse_capacity(const struct vmdk_sparse *s);
 /* The descriptor embedded in a hosted sparse extent (descriptorOffset,
  * descriptorSize), NUL-terminated, at most max_len bytes (longer: -EFBIG);
  * *text is malloc'd, the caller frees it.  -ENOENT when the extent has
- * none (COWD, or descriptorSize 0).  0 or -errno. */
+ * none (COWD, or descriptorSize 0).  0 or -errno.
+ * With capacity 0 and a descriptorOffset (QEMU then reads the text as a
+ * descriptor file, vmdk_open_vmdk4), the text runs from descriptorOffset
+ * to the first NUL or the extent's end, whatever descriptorSize says, as
+ * QEMU's vmdk_read_desc reads it; only this function works on such an
+ * extent (capacity 0: no lookup, no read). */
 int vmdk_sparse_descriptor(struct vmdk_sparse *s, size_t max_len,
                            char **text);
 
@@ -88,8 +93,9 @@ int vmdk_sparse_lookup(struct vmdk_sparse *s, uint64_t off, uint64_t len,
 
 /* Read len bytes at off that lookup said are DATA, ZERO or COMPRESSED
  * (any mix; an UNALLOCATED part reads as zeros: the caller reads the
- * parent there instead).  Compressed grains are inflated once and kept in
- * the decompressed-grain cache.  0 or -errno. */
+ * parent there instead).  A compressed grain read in part is inflated
+ * once and kept in the decompressed-grain cache; one read whole is
+ * inflated into buf and not kept.  0 or -errno. */
 int vmdk_sparse_read(struct vmdk_sparse *s, void *buf, size_t len,
                      uint64_t off);
 

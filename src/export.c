@@ -272,6 +272,11 @@ choose_format(struct export *exp, const struct fde_format_match *m,
   }
   *fmt = m->format;
   *probed_raw = exp->opts->format == NULL && *fmt == &fde_format_raw;
+  if (exp->opts->disk > 0 && *fmt != &fde_format_ova) {
+    fde_error("%s: --disk=%u is for OVA appliances, and this is a %s image",
+              exp->image, exp->opts->disk, (*fmt)->name);
+    return EXIT_USAGE;
+  }
   return 0;
 }
 
@@ -480,8 +485,8 @@ check_same_file(struct export *exp)
   return EXIT_FAIL;
 }
 
-/* Wrap the disk in the layers the export asks for: the sector-0 guard
- * over the whole disk of a probed raw image (so that it also guards a
+/* Wrap the disk in the layers the export asks for: the guard on sector 0
+ * and the last sector over the whole disk of a probed raw image (so that it also guards a
  * partition starting at sector 0), then the window on --partition=N.
  * On failure the disk is closed.  An exit status. */
 static int
@@ -494,7 +499,7 @@ add_layers(struct export *exp, bool probed_raw)
 
   if (probed_raw) {
     r = fde_guard_open(exp->disk, exp->image, fde_format_head_is_image,
-                       &top);
+                       fde_format_tail_is_image, &top);
     if (r < 0)
       fde_error("%s: %s", exp->image, strerror(-r));
     else
@@ -570,7 +575,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
     .path = image, .fd = fd,
     .read_only = opts->read_only || exp->format_read_only,
     .snapshot = opts->snapshot, .cache_bytes = opts->cache_bytes,
-    .zcache_bytes = opts->zcache_bytes,
+    .zcache_bytes = opts->zcache_bytes, .disk = opts->disk,
     .allow_bdev_backing = opts->allow_bdev_backing,
     .verbose = opts->verbose, .chain = &chain,
     /* the view is the owner's: every file the chain names must be too */

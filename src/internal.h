@@ -41,6 +41,7 @@ struct options {
   bool no_splice;               /* --no-splice: reads copy through us */
   int verbose;                  /* -1 quiet, 0 normal, >0 verbose */
   unsigned partition;           /* --partition=N: 1.., 0 = whole disk */
+  unsigned disk;                /* --disk=N: an OVA's disk, 1..; 0 = 1 */
   const char *partitions_dir;   /* -P DIR: the directory view, or NULL */
   const char *stop_pid_file;    /* --stop: stop that daemon and exit */
   unsigned stop_timeout;        /* --stop-timeout, seconds; 0: no limit */

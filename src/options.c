@@ -27,11 +27,13 @@ enum {
   STOP_TIMEOUT_OPTION,
   PARTITION_OPTION,
   LIST_FORMATS_OPTION,
+  DISK_OPTION,
 };
 
 #define DEFAULT_STOP_TIMEOUT 60   /* seconds --stop waits for the daemon */
 #define MAX_STOP_TIMEOUT 2000000  /* poll(2) takes milliseconds in an int */
 #define MAX_PARTITION 1000000     /* far past any table we accept */
+#define MAX_DISK 1000000          /* far past the disks an OVA may hold */
 
 static const char short_options[] = "dp:f:rm:P:nqvhV";
 static const struct option long_options[] = {
@@ -45,6 +47,7 @@ static const struct option long_options[] = {
   { "snapshot",      required_argument, NULL, SNAPSHOT_OPTION },
   { "partition",     required_argument, NULL, PARTITION_OPTION },
   { "partitions",    required_argument, NULL, 'P' },
+  { "disk",          required_argument, NULL, DISK_OPTION },
   { "cache-size",    required_argument, NULL, CACHE_SIZE_OPTION },
   { "decompressed-cache", required_argument, NULL, DECOMPRESSED_CACHE_OPTION },
   { "allow-block-device-backing", no_argument, NULL, ALLOW_BDEV_OPTION },
@@ -64,20 +67,6 @@ static const struct option long_options[] = {
 /* ---- The lists made from the table of formats (formats-table.c) ------ */
 
 #define HELP_WIDTH 79           /* --help fits an 80-column terminal */
-
-/* The served formats' names, "raw, qcow2", into buf (len bytes). */
-static const char *
-served_names(char *buf, size_t len)
-{
-  size_t n = 0;
-
-  buf[0] = '\0';
-  for (size_t i = 0; i < fde_format_table_len && n < len; i++)
-    if (fde_format_table[i].backend != NULL)
-      n += (size_t) snprintf(buf + n, len - n, "%s%s", n ? ", " : "",
-                             fde_format_table[i].name);
-  return buf;
-}
 
 /* What --list-formats and the man page say of a row. */
 static const char *
@@ -179,6 +168,8 @@ usage(void)
 "                           instead of on the image; one image only\n"
 "  -n, --probe              print what would be exported, then exit\n"
 "      --snapshot=NAME|ID   export a qcow2 internal snapshot (read-only)\n"
+"      --disk=N             export disk N of an OVA appliance (default 1;\n"
+"                           --probe lists them)\n"
 "      --partition=N        show partition N of the disk instead of the whole\n"
 "                           disk (Linux numbering: MBR 1-4, logical from 5;\n"
 "                           GPT entries 1-128)\n"
@@ -283,7 +274,7 @@ apply_option(int c, struct options *o)
       snprintf(msg, sizeof msg, "%s: %.64s (formats served: %s)",
                row == NULL ? "unknown format"
                : "a format recognised but not served", optarg,
-               served_names(names, sizeof names));
+               fde_format_served_names(names, sizeof names));
       return usage_error(msg, NULL);
     }
     o->format = optarg;
@@ -320,6 +311,17 @@ apply_option(int c, struct options *o)
         || optarg[0] == '+' || v == 0 || v > MAX_PARTITION)
       return usage_error("invalid --partition (a number from 1)", optarg);
     o->partition = (unsigned) v;
+    break;
+  }
+  case DISK_OPTION: {
+    char *end;
+    unsigned long v;
+    errno = 0;
+    v = strtoul(optarg, &end, 10);
+    if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-'
+        || optarg[0] == '+' || v == 0 || v > MAX_DISK)
+      return usage_error("invalid --disk (a number from 1)", optarg);
+    o->disk = (unsigned) v;
     break;
   }
   case STOP_TIMEOUT_OPTION: {

@@ -110,7 +110,7 @@ formats_with() {
       assert_output --partial "$s"
     done
   done
-  run "$FDE" -f vmdk img
+  run "$FDE" -f qed img
   assert_output --partial "recognised but not served"
   run "$FDE" --format=no-such-format img
   assert_output --partial "unknown format"

@@ -39,7 +39,7 @@ requires_libfuzzer() {
     [ "$(ls "$seeds" | wc -l)" -ge 20 ] || fail "too few seeds in $seeds"
   fi
   local h
-  for h in qcow2-read qcow2-write partition vdi-read vpc-read; do
+  for h in qcow2-read qcow2-write partition vdi-read vpc-read vhdx-read ova vmdk-read; do
     # the partition harness also checks that the sectors copied for
     # libblkid give the table libblkid reads from the whole disk
     run --separate-stderr env FDE_FUZZ_STRICT_COPY=1 \
@@ -71,7 +71,7 @@ requires_libfuzzer() {
   run make -C "$FDE_BUILDDIR" fuzz-build fuzz-corpus
   assert_success
   local h
-  for h in qcow2-read qcow2-write partition vdi-read vpc-read; do
+  for h in qcow2-read qcow2-write partition vdi-read vpc-read vhdx-read ova vmdk-read; do
     mkdir -p "$WORK/$h"
     cp "$FDE_BUILDDIR"/tests/fuzz/work/seeds/* "$WORK/$h/"
     run --separate-stderr "$FDE_BUILDDIR/tests/fuzz/fuzz-$h" \

@@ -7,7 +7,8 @@ block/vdi.c VdiHeader, little-endian).  Python 3 standard library only.
   vdi-poke.py IMG header              print "field value" lines (decimal)
   vdi-poke.py IMG set FIELD VALUE     set a header field (name as printed)
   vdi-poke.py IMG bmap INDEX [VALUE]  print (hex) or set a block map entry
-  vdi-poke.py IMG uuid FIELD HEX      set a 16-byte UUID field (32 hex digits)
+  vdi-poke.py IMG uuid FIELD [HEX]    print (32 hex digits, as stored) or set
+                                      a 16-byte UUID field
 
 Numbers accept 0x prefixes.
 """
@@ -64,6 +65,9 @@ def main():
                 put(off, "<I", num(args[1]))
             else:
                 print(hex(get(off, "<I")))
+        elif cmd == "uuid" and len(args) == 1:
+            f.seek(UUIDS[args[0]])
+            print(f.read(16).hex())
         elif cmd == "uuid":
             f.seek(UUIDS[args[0]])
             f.write(bytes.fromhex(args[1]))

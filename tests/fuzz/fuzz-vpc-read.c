@@ -6,8 +6,9 @@
  * fde_disk_open(&fde_format_vpc, ...) from a memfd; if it opens, a
  * bounded set of reads, maps and block_status calls derived from the
  * input's hash is made (see fuzz-common.h for the invariants checked),
- * then it is closed.  The fixed-VHD probe (fde_vpc_fixed_footer) and the
- * head probe see every input too.
+ * then it is closed.  The fixed-VHD probe (fde_vpc_fixed_footer, through
+ * the table's fde_format_identify) and the head probe see every input
+ * too.
  *
  * Holes: QEMU's dynamic VHDs have 2 MiB blocks, more than -max_len, so an
  * input may end in a list of holes to put back: up to 16 records of two
@@ -146,10 +147,11 @@ run_once(int fd, uint64_t *rng)
     .read_only = true,
     .chain = &chain,
   };
+  static const uint8_t no_head[1];
   struct fde_disk *disk = NULL;
   int r;
 
-  (void) fde_vpc_fixed_footer(fd);
+  (void) fde_format_identify(no_head, 0, fd);  /* the fixed-footer probe */
   r = fde_disk_open(&fde_format_vpc, &params, &disk);
   fuzz_check_ret(r, "open");
   if (r < 0) {

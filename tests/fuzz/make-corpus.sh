@@ -477,7 +477,178 @@ open(name, "wb").write(out)' "$f"
   done
 fi
 
-for f in *.qcow2 *.part *.sparse *.vdi *.vhd; do
+# VHDX images for fuzz-vhdx-read: qemu-img's dynamic (empty, written,
+# size 0, converted from data, 1 MiB and 32 MiB blocks) and fixed ones,
+# and images made by tests/vhdx-poke.py: 4096-byte logical sectors, a log
+# to replay (two entries and a stale one), differencing disks over the
+# harness's base.vhdx (partially and fully present blocks).  The
+# 16 largest runs of 4 KiB or more of zeros are cut out and listed in the
+# harness's "FDEHOLES" trailer.
+vhdx() {
+  name=$1 size=$2
+  shift 2
+  qemu-img create -q -f vhdx ${1:+-o "$1"} "$name.vhdx" "$size"
+}
+vhdxo() {
+  name=$1
+  shift
+  for c in "$@"; do
+    set -- "$@" -c "$c"
+    shift
+  done
+  qemu-io -f vhdx "$@" "$name.vhdx" >/dev/null
+}
+vhdx vhdx-empty 3M block_size=1M
+vhdx vhdx-zero 0
+vhdx vhdx-written 5M block_size=1M
+vhdxo vhdx-written 'write -P 0x11 0 4k' 'write -P 0x22 2049k 1k' \
+  'write -P 0x33 4M 512'
+vhdx vhdx-bigblock 40M block_size=32M
+vhdxo vhdx-bigblock 'write -P 0x44 33M 4k'
+vhdx vhdx-fixed 2M subformat=fixed,block_size=1M
+vhdxo vhdx-fixed 'write -P 0x55 0 512' 'write -P 0x56 700k 4k'
+printf 'vhdx data' >vhdx-src.raw
+truncate -s 3M vhdx-src.raw
+qemu-img convert -f raw -O vhdx -o block_size=1M vhdx-src.raw \
+  vhdx-converted.vhdx
+if command -v python3 >/dev/null 2>&1; then
+  poke="python3 $fuzzdir/../vhdx-poke.py"
+  printf 'sector data' >vhdx-src.raw
+  truncate -s 2M vhdx-src.raw
+  $poke build vhdx-4k.vhdx --size 2M --sector 4096 --data vhdx-src.raw
+  # over the harness's base.vhdx (its DataWriteGuid, see fuzz-vhdx-read.c)
+  base='{2d454446-5546-5a5a-2d42-415345564858}'
+  $poke build vhdx-diff.vhdx --size 1M --parent base.vhdx --linkage "$base" \
+    --relative base.vhdx --write 0:4096:0x61 --write 8192:512:0x62
+  $poke build vhdx-diff4k.vhdx --size 1M --sector 4096 --parent base.vhdx \
+    --linkage "$base" --relative base.vhdx --write 4096:8192:0x63
+  $poke build vhdx-diff-full.vhdx --size 1M --parent base.vhdx \
+    --linkage "$base" --absolute /nonexistent/base.vhdx --relative base.vhdx \
+    --write 0:1048576:0 --write 4096:512:0x64
+  vhdx vhdx-log 3M block_size=1M,log_size=2M
+  vhdxo vhdx-log 'write -P 0x66 0 8k'
+  $poke log vhdx-log.vhdx --block 2 --stale
+  for f in vhdx-*.vhdx; do
+    python3 -c '
+import re, struct, sys
+name = sys.argv[1]
+data = open(name, "rb").read()
+runs = [(m.start(), m.end() - m.start())
+        for m in re.finditer(rb"\0{4096,}", data)]
+holes = sorted(sorted(runs, key=lambda r: -r[1])[:16])
+out, pos, recs = bytearray(), 0, b""
+for at, n in holes:
+    out += data[pos:at]
+    recs += struct.pack("<II", at, n)
+    pos = at + n
+out += data[pos:]
+if holes:
+    out += recs + b"FDEHOLES" + struct.pack("<I", len(holes))
+open(name, "wb").write(out)' "$f"
+  done
+fi
+rm -f vhdx-src.raw
+
+# VMDK images for fuzz-vmdk-read: qemu-img's monolithicSparse (written,
+# zeroed grains), streamOptimized and monolithicFlat descriptor (naming
+# base.raw); a delta made by qemu-img over parent.vmdk (the harness's: CID
+# fdefdefd over base.raw); hand-written descriptors naming the sandbox's
+# ext.vmdk and base.raw (several extents, a VMFS one, skipped lines); a
+# monolithicSparse after a 512-byte prefix starting with 'O' (the harness
+# opens such an input as an OVA member too).
+vmdk() {
+  name=$1 size=$2
+  shift 2
+  qemu-img create -q -f vmdk ${1:+-o "$1"} "$name.vmdk" "$size"
+}
+vmdko() {
+  name=$1
+  shift
+  for c in "$@"; do
+    set -- "$@" -c "$c"
+    shift
+  done
+  qemu-io -f vmdk "$@" "$name.vmdk" >/dev/null
+}
+vmdk vmdk-sparse 1M
+vmdko vmdk-sparse 'write -P 0x11 0 4k' 'write -P 0x22 700k 1k'
+vmdk vmdk-zeroed 256k zeroed_grain=on
+vmdko vmdk-zeroed 'write -P 0x33 0 128k' 'write -z 64k 64k'
+printf 'vmdk data' >vmdk-src.raw
+truncate -s 200k vmdk-src.raw
+qemu-img convert -f raw -O vmdk -o subformat=streamOptimized vmdk-src.raw \
+  vmdk-stream.vmdk
+if command -v python3 >/dev/null 2>&1; then
+  python3 -c '
+open("base.raw", "wb").write(bytes((i * 31 + 7) & 0xff for i in range(65536)))'
+  printf '# Disk DescriptorFile\nversion=1\nCID=fdefdefd\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 128 FLAT "base.raw" 0\n' \
+    >parent.vmdk
+  qemu-img create -q -f vmdk -b parent.vmdk -F vmdk vmdk-delta.vmdk
+  vmdko vmdk-delta 'write -P 0x44 8k 4k'
+  { printf 'O'; head -c 511 /dev/zero; cat vmdk-sparse.vmdk; } >vmdk-ova.vmdk
+  rm -f base.raw parent.vmdk
+fi
+printf '# Disk DescriptorFile\nversion=1\nCID=1234abcd\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 128 FLAT "base.raw" 0\n\nddb.adapterType = "ide"\nddb.geometry.cylinders = "2"\n' \
+  >vmdk-flat.vmdk
+printf '# Disk DescriptorFile\nversion=1\nCID=2\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\nRW 128 SPARSE "ext.vmdk"\nRW 64 FLAT "base.raw" 8\nRDONLY 8 FLAT "base.raw" 0\nRW 8 ZERO "base.raw"\nRW 64 VMFS "base.raw"\n' \
+  >vmdk-extents.vmdk
+printf '# Disk DescriptorFile\nversion=1\nCID=3\nparentCID=fdefdefd\ncreateType="vmfsSparse"\nparentFileNameHint="parent.vmdk"\nRW 128 VMFSSPARSE "ext.vmdk"\n' \
+  >vmdk-desc-delta.vmdk
+rm -f vmdk-src.raw
+
+# OVAs for fuzz-ova, made by GNU tar (ustar, GNU and pax formats): an OVF
+# naming two small raw disks in its DiskSection, long member names (GNU
+# long-name members, pax path records), an OVF without a DiskSection, and
+# a streamOptimized VMDK inside.  Skipped without tar.
+# ovf FILE HREF...: an OVF naming each HREF as a disk, in order.
+ovf() {
+  o=$1
+  shift
+  {
+    echo '<?xml version="1.0"?>'
+    echo '<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">'
+    echo '<References>'
+    i=0
+    for h in "$@"; do i=$((i + 1)); echo "<File ovf:id=\"f$i\" ovf:href=\"$h\"/>"; done
+    echo '</References><DiskSection><Info>disks</Info>'
+    i=0
+    for h in "$@"; do i=$((i + 1)); echo "<Disk ovf:diskId=\"d$i\" ovf:fileRef=\"f$i\"/>"; done
+    echo '</DiskSection></Envelope>'
+  } >"$o"
+}
+if command -v tar >/dev/null 2>&1; then
+  mkdir ova && (
+    cd ova
+    printf 'first disk' >d1.img
+    truncate -s 16K d1.img
+    printf 'second disk' | dd of=d1.img bs=1 seek=9000 conv=notrunc status=none
+    printf 'disk two' >d2.img
+    truncate -s 8K d2.img
+    ovf a.ovf d1.img d2.img
+    for fmt in ustar gnu pax; do
+      tar --format=$fmt -cf ../ova-$fmt.ova a.ovf d1.img d2.img
+    done
+    long=disk-with-a-long-name-$(printf 'n%.0s' $(seq 100)).img
+    cp d2.img "$long"
+    ovf l.ovf d1.img "$long"
+    tar --format=gnu -cf ../ova-longname-gnu.ova l.ovf d1.img "$long"
+    tar --format=pax -cf ../ova-longname-pax.ova l.ovf d1.img "$long"
+    printf '%s\n' '<?xml version="1.0"?>' \
+      '<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2">' \
+      '<ovf:References><ovf:File ovf:id="x" ovf:href="d2.img" ovf:size="8192"/>' \
+      '<ovf:File ovf:id="y" ovf:href="d1.img"/></ovf:References></ovf:Envelope>' \
+      >n.ovf
+    tar --format=ustar -cf ../ova-nodisksection.ova n.ovf d1.img d2.img
+    if qemu-img convert -f raw -O vmdk -o subformat=streamOptimized d1.img \
+        s.vmdk 2>/dev/null; then
+      ovf s.ovf s.vmdk d2.img
+      tar --format=ustar -cf ../ova-vmdk.ova s.ovf s.vmdk d2.img
+    fi
+  )
+  rm -rf ova
+fi
+
+for f in *.qcow2 *.part *.sparse *.vdi *.vhd *.vhdx *.vmdk *.ova; do
   [ -f "$f" ] && cp "$f" "$out/seed-$f"
 done
 echo "$0: $(ls "$out" | wc -l) seeds in $out"

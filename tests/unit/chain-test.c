@@ -92,9 +92,22 @@ mem_describe(struct fde_disk *d, FILE *out)
   fprintf(out, "mem: yes\n");
 }
 
+/* can_map: yes for mem_format; no for mem_format_mapoff, which has a map
+ * member all the same (the chain must ask fde_disk_can_map, not look at
+ * the member). */
+static bool
+mem_can_map(struct fde_disk *d)
+{
+  return d->format->map != NULL && strcmp(d->format->name, "mem") == 0;
+}
+
 static const struct fde_format mem_format = {
   .name = "mem", .pread = mem_pread, .block_status = mem_block_status,
-  .describe = mem_describe, .map = mem_map,
+  .describe = mem_describe, .map = mem_map, .can_map = mem_can_map,
+};
+static const struct fde_format mem_format_mapoff = {
+  .name = "mem-mapoff", .pread = mem_pread, .block_status = mem_block_status,
+  .describe = mem_describe, .map = mem_map, .can_map = mem_can_map,
 };
 static const struct fde_format mem_format_nomap = {
   .name = "mem", .pread = mem_pread, .block_status = mem_block_status,
@@ -185,6 +198,7 @@ test_map(void)
 {
   struct mem_disk *m = mem_new(1000, &mem_format);
   struct mem_disk *n = mem_new(1000, &mem_format_nomap);
+  struct mem_disk *o = mem_new(1000, &mem_format_mapoff);
   uint64_t host = 0, run = 0;
   int fd = -1;
 
@@ -196,10 +210,15 @@ test_map(void)
   CHECK(run == 500 && m->calls == 0);
   CHECK(fde_chain_map_lower(&n->disk, 0, 500, &fd, &host, &run) == 0);
   CHECK(run == 500 && n->calls == 0);
+  /* a map member, but the disk says it cannot map: read through pread */
+  run = 0;
+  CHECK(fde_chain_map_lower(&o->disk, 0, 500, &fd, &host, &run) == 0);
+  CHECK(run == 500 && o->calls == 0);
   CHECK(fde_chain_map_lower(NULL, 0, 64, &fd, &host, &run) == 0);
   CHECK(run == 64);
   mem_free(m);
   mem_free(n);
+  mem_free(o);
 }
 
 static void
@@ -320,7 +339,10 @@ test_open(void)
   CHECK(open_from(top, &chain, "qlike", "raw", lpath, lfmt) == 0);
   CHECK(strcmp(lfmt, "raw") == 0);
   CHECK(open_from(top, &chain, "qlike", NULL, lpath, lfmt) < 0);
-  CHECK(open_from(top, &chain, "base.raw", "vmdk", lpath, lfmt) == -ENOTSUP);
+  /* a recorded format the table refuses (qed), or does not know */
+  CHECK(open_from(top, &chain, "base.raw", "qed", lpath, lfmt) == -ENOTSUP);
+  CHECK(open_from(top, &chain, "base.raw", "nosuch", lpath, lfmt)
+        == -ENOTSUP);
   /* protocol names, control characters, missing files, other types */
   CHECK(open_from(top, &chain, "foo:bar", "raw", lpath, lfmt) == -ENOTSUP);
   CHECK(open_from(top, &chain, "nbd:localhost:10809", "raw", lpath, lfmt)

@@ -504,7 +504,7 @@ test_guard(void)
   struct mem_disk *m = mem_new(1 << 16);
   struct fde_disk *g, *w;
 
-  CHECK(fde_guard_open(&m->disk, "mem.img", looks_like_image, &g) == 0);
+  CHECK(fde_guard_open(&m->disk, "mem.img", looks_like_image, NULL, &g) == 0);
   CHECK(g->size == m->disk.size);
   CHECK(g->format->pwrite(g, "IMG!", 4, 0) == -EPERM);
   CHECK(g->format->pwrite(g, "MG!", 3, 1) == 0);    /* "?MG!": fine */
