@@ -290,8 +290,17 @@ const struct fde_format_info *fde_format_info_by_name(const char *name);
  * refused). */
 const struct fde_format *fde_format_by_name(const char *name);
 
+/* How many leading bytes of a file probing looks at: QEMU's
+ * BLOCK_PROBE_BUF_SIZE (every QEMU probe decides from the first 512
+ * bytes).  The sector-0 guard (formats/guard.c) covers exactly these, so
+ * that a guest writing its raw disk can never make the image probe as
+ * something else (a VMDK descriptor whose version line sits in sector 1
+ * behind a sector of comments, found by a hostile review). */
+#define FDE_PROBE_BYTES 512
+
 /* The served format whose backend probe scores buf highest (raw at
- * worst); signatures of refused formats are not looked at. */
+ * worst), looking at its first FDE_PROBE_BYTES bytes at most; signatures
+ * of refused formats are not looked at. */
 const struct fde_format *fde_format_probe(const uint8_t *buf, size_t len);
 
 /* What a file is, by the table. */

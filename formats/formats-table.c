@@ -165,6 +165,8 @@ fde_format_probe(const uint8_t *buf, size_t len)
   const struct fde_format *best = &fde_format_raw;
   int best_score = 0;
 
+  if (len > FDE_PROBE_BYTES)
+    len = FDE_PROBE_BYTES;
   for (size_t i = 0; i < fde_format_table_len; i++) {
     const struct fde_format *f = fde_format_table[i].backend;
     int score = f != NULL ? f->probe(buf, len) : 0;

@@ -12,6 +12,8 @@
 #include "layer.h"
 
 #define SECTOR 512
+/* The head guarded is what probing looks at (format.h). */
+_Static_assert(FDE_PROBE_BYTES == SECTOR, "the guard covers the probe's bytes");
 
 struct guard {
   struct fde_layer layer;       /* must come first */

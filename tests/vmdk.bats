@@ -436,6 +436,39 @@ EOF
     fail "v4.vmdk: $stderr"
 }
 
+# A sector of comments, then a monolithicFlat descriptor naming secret.img
+# (printed on stdout).
+late_descriptor() {
+  head -c 511 /dev/zero | tr '\0' '#'
+  printf '\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+  printf 'createType="monolithicFlat"\nRW 2048 FLAT "secret.img" 0\n'
+}
+
+@test "probing sees the first 512 bytes as QEMU does: a raw view cannot be written into a descriptor naming a neighbour" {
+  printf 'SECRET' >secret.img
+  truncate -s 1M secret.img
+  late_descriptor >late.vmdk
+  truncate -s 600K late.vmdk
+  # QEMU decides: its probe reads BLOCK_PROBE_BUF_SIZE (512) bytes
+  run qemu-img info --output=json late.vmdk
+  assert_success
+  assert_output --partial '"format": "raw"'
+  run --separate-stderr "$FDE" --probe late.vmdk
+  assert_success
+  assert_line "format: raw"
+  # a guest writes the same bytes through a writable raw view, sector 1
+  # first (unguarded), then sector 0 (the guard sees only comments)
+  truncate -s 600K disk.img
+  start_export disk.img
+  late_descriptor | tail -c +513 | dd of=disk.img bs=512 seek=1 conv=notrunc status=none
+  late_descriptor | head -c 512 | dd of=disk.img conv=notrunc status=none
+  stop_export
+  run --separate-stderr "$FDE" --probe disk.img
+  assert_success
+  assert_line "format: raw"
+  refute_output --partial "secret.img"
+}
+
 # make_ova OVA OVF DISK [FILE]...: an OVA (ustar) holding OVF (one disk,
 # DISK), DISK and the FILEs.
 make_ova() {
