@@ -90,9 +90,11 @@ resolve_name(const struct fde_open_params *p, const char *name,
   return *out == NULL ? -ENOMEM : 0;
 }
 
-int
-fde_chain_open_file(const struct fde_open_params *params, const char *name,
-                    const char *what, char **path)
+/* Resolve name and open it (fde_chain_open_file; beneath: it must stay
+ * in the image's directory, else any name but a magic link). */
+static int
+open_file(const struct fde_open_params *params, const char *name,
+          const char *what, bool beneath, char **path)
 {
   int r;
 
@@ -100,13 +102,23 @@ fde_chain_open_file(const struct fde_open_params *params, const char *name,
   if ((r = check_name(params, name, what)) < 0
       || (r = resolve_name(params, name, what, path)) < 0)
     return r;
-  /* the shared opener: read-only, a regular file, and readable by the
-   * image's owner when someone else exports it (formats/owner.c) */
-  if ((r = fde_open_named(params, what, *path)) < 0) {
+  /* the shared opener: read-only, a regular file on no pseudo file
+   * system, readable by the image's owner when someone else exports it
+   * (formats/owner.c); *path ends with name (resolve_name) */
+  if ((r = fde_open_named(params, what, *path, beneath
+                          ? *path + strlen(*path) - strlen(name)
+                          : NULL)) < 0) {
     free(*path);
     *path = NULL;
   }
   return r;
+}
+
+int
+fde_chain_open_file(const struct fde_open_params *params, const char *name,
+                    const char *what, char **path)
+{
+  return open_file(params, name, what, true, path);
 }
 
 /* The format the image records: a served format (QEMU opens any format
@@ -179,7 +191,7 @@ fde_chain_open_backing(const struct fde_open_params *params,
   if (name == NULL || name[0] == '\0')
     return 0;
   if ((r = recorded_format(params, format, &fmt)) < 0
-      || (fd = r = fde_chain_open_file(params, name, what, &path)) < 0)
+      || (fd = r = open_file(params, name, what, false, &path)) < 0)
     return r;
   r = open_lower(params, fmt, fd, path, lower);
   if (r < 0) {

@@ -15,8 +15,9 @@
  *    and json: names ("nbd:...", "file:x", "foo:bar") are refused;
  *  - the file is opened read-only with fde_open_named (formats/owner.c):
  *    as the image's owner when someone else exports it, a regular file
- *    only (a block device with --allow-block-device-backing), no hanging
- *    on a FIFO;
+ *    only (a block device with --allow-block-device-backing), none on
+ *    procfs, sysfs or another kernel pseudo file system, never through a
+ *    /proc magic link, no hanging on a FIFO;
  *  - each layer's (dev, ino) goes into params->chain before it is parsed:
  *    a repeat (a loop, also through another name) or a chain deeper than
  *    FDE_MAX_CHAIN layers is refused (-ELOOP);
@@ -75,12 +76,17 @@ int fde_chain_open_backing(const struct fde_open_params *params,
 
 /* Resolve name against params->path and open it by the rules above,
  * without opening it as a disk or recording it in the chain: for a file
- * an image names that is not itself a layer (a VMDK extent).  what and
- * name as for fde_chain_open_backing, but name must be non-empty.
+ * an image names that is not itself a layer (a VMDK extent).  It must
+ * stay in the image's directory: a relative name whose every symbolic
+ * link resolves beneath that directory (openat2 RESOLVE_BENEATH; one
+ * leading out is -EXDEV, "leads out of the image's directory").  QEMU
+ * follows any symlink; a backing file (fde_chain_open_backing) may be
+ * anywhere, as in QEMU.  what and name as for fde_chain_open_backing,
+ * but name must be non-empty.
  * Returns the descriptor (read-only, O_CLOEXEC, owned by the caller) and
  * the resolved name in *path (malloc'd, the caller frees it; NULL on
  * failure), or -errno with one line logged (the same errors as above,
- * -ELOOP aside). */
+ * -ELOOP only for a magic link or a symlink loop; -EXDEV). */
 int fde_chain_open_file(const struct fde_open_params *params,
                         const char *name, const char *what, char **path);
 

@@ -40,6 +40,14 @@ struct fde_disk {
 
 /* Devices and inodes of the layers opened so far, for loop detection. */
 #define FDE_MAX_CHAIN 32  /* documented cap on backing-chain depth */
+
+/* The largest virtual disk opened, in bytes: QEMU's BDRV_MAX_LENGTH
+ * (include/block/block_int-common.h in 7.2: INT64_MAX aligned down to
+ * BDRV_MAX_ALIGNMENT, 1 GiB), which bdrv_refresh_total_sectors enforces
+ * for every driver ("File too large").  fde_disk_open refuses a larger
+ * layer (-EFBIG), whatever its format. */
+#define FDE_MAX_DISK_LENGTH \
+  ((uint64_t) INT64_MAX & ~(((uint64_t) 1 << 30) - 1))
 struct fde_chain {
   const char *top;                  /* the image being exported */
   unsigned depth;                   /* layers recorded */
@@ -120,7 +128,10 @@ struct fde_format {
   int (*block_status)(struct fde_disk *disk, uint64_t off, uint64_t len,
                       uint64_t *run, unsigned *status);
 
-  /* Bytes of host storage the image uses (for st_blocks / du). */
+  /* Bytes of host storage the image uses (for st_blocks / du, and
+   * --probe's "allocated").  Advisory, as st_blocks is: a backend that
+   * counts from its tables gives what it could count when one of them
+   * cannot be read (the read itself reports the error). */
   uint64_t (*allocated_bytes)(struct fde_disk *disk);
 
   /* Print "key: value" lines describing the image for --probe and -v. */
@@ -286,6 +297,15 @@ const char *fde_format_served_names(char *buf, size_t len);
 /* The row named name (served or refused), or NULL. */
 const struct fde_format_info *fde_format_info_by_name(const char *name);
 
+/* What messages call a served format: its row's title ("VHD" for vpc,
+ * "OVA"), or its name without a row. */
+const char *fde_format_title(const struct fde_format *format);
+
+/* The indefinite article for noun, a format's title or a what of
+ * fde_format_identify: "an" before a vowel sound ("an OVA", "an
+ * unreadable file", "an LVM"), else "a" ("a VHD", "a qcow2", "a LUKS"). */
+const char *fde_article(const char *noun);
+
 /* The served format named name ("raw", "qcow2"), or NULL (unknown or
  * refused). */
 const struct fde_format *fde_format_by_name(const char *name);
@@ -310,6 +330,9 @@ struct fde_format_match {
                                        * NULL: refused */
   char what[64];                      /* what messages call it ("VMDK
                                        * (descriptor file)") */
+  int error;                          /* 0, or -errno: the end of fd could
+                                       * not be read (format NULL: nothing
+                                       * may be decided from the head) */
 };
 
 /* Identify a file from its first len bytes (head; from 512 on, every
@@ -337,7 +360,8 @@ bool fde_format_tail_is_image(const uint8_t *tail, size_t len,
 /* Open a layer by descriptor with a given format (NULL: identify it by
  * the table of formats; one recognised but refused is -ENOTSUP).
  * Records (dev, ino) in params->chain and refuses loops and chains deeper
- * than FDE_MAX_CHAIN.  A format served read-only (fde_format_read_only)
+ * than FDE_MAX_CHAIN, and a disk larger than FDE_MAX_DISK_LENGTH
+ * (-EFBIG).  A format served read-only (fde_format_read_only)
  * is opened read-only, with QEMU's reader locks, whatever
  * params->read_only says.  0 or -errno, message logged. */
 int fde_disk_open(const struct fde_format *format,
@@ -358,13 +382,30 @@ struct fde_owner fde_owner_of(uid_t uid, gid_t gid);
  * holding the owner's credentials (uid, primary gid, supplementary groups
  * from getgrouplist), so that the kernel itself decides (mode, ACLs,
  * search permission on every directory, symlinks) and the descriptor
- * used is the one that was opened.  Only a regular file is accepted (or a
- * block device when params->allow_bdev_backing).  Returns the descriptor
+ * used is the one that was opened.  path is opened with openat2(2),
+ * never through a /proc magic link (RESOLVE_NO_MAGICLINKS: QEMU allows
+ * absolute and "../" backing names, so nothing more is asked of them);
+ * inside, when not NULL, is a tail of path (path itself, or what follows
+ * a '/' in it) that must resolve beneath the directory path names before
+ * it, symbolic links included (RESOLVE_BENEATH: a VMDK extent stays in
+ * its descriptor's directory).  Only a regular file is accepted (or a
+ * block device when params->allow_bdev_backing), and none on a kernel
+ * pseudo file system (fde_pseudo_fs_of).  Returns the descriptor
  * (O_CLOEXEC, blocking) or -errno with one line logged naming the file:
  * -EACCES/-EPERM when the owner may not read it or the owner's
- * credentials cannot be taken, -EINVAL for a file of another type. */
+ * credentials cannot be taken, -EXDEV when it leads out of the
+ * directory, -ELOOP for a magic link (or a symlink loop), -ENOSYS on a
+ * kernel without openat2, -EINVAL for a file of another type or on a
+ * pseudo file system. */
 int fde_open_named(const struct fde_open_params *params, const char *what,
-                   const char *path);
+                   const char *path, const char *inside);
+
+/* The name of the kernel pseudo file system fd is on ("procfs", "sysfs",
+ * "debugfs", "cgroup2"...; by fstatfs f_type), or NULL (also when fstatfs
+ * fails).  Its files belong to the kernel or to one process, and can
+ * change or vanish under a view: neither a mount point nor a file a
+ * layer names may be on one. */
+const char *fde_pseudo_fs_of(int fd);
 
 /* ---- formats/io.c: the I/O seam -----------------------------------------
  *

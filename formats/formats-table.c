@@ -11,7 +11,10 @@
  * row here. */
 #include <config.h>
 
+#include <ctype.h>
+
 #include <linux/fs.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -85,21 +88,27 @@ dmg_trailer(const uint8_t *tail, size_t len, uint64_t size)
 
 /* The last bytes of fd (FDE_TAIL_BYTES, fewer for a shorter file) into
  * tail, their number in *len and the file's size in *size, for the
- * tail_magic tests; false when they cannot be read (then no tail
- * signature matches). */
-static bool
+ * tail_magic tests: 1; 0 when fd is neither a regular file nor a block
+ * device (no tail signature then matches); -errno when the file cannot
+ * be read (a signature there may not be overlooked: a fixed VHD's footer
+ * would be shown as data). */
+static int
 read_tail(int fd, uint8_t *tail, size_t *len, uint64_t *size)
 {
   struct stat st;
+  int r;
 
   if (fstat(fd, &st) == -1)
-    return false;
+    return -errno;
   if (S_ISREG(st.st_mode))
     *size = (uint64_t) st.st_size;
-  else if (!S_ISBLK(st.st_mode) || ioctl(fd, BLKGETSIZE64, size) != 0)
-    return false;
+  else if (!S_ISBLK(st.st_mode))
+    return 0;
+  else if (ioctl(fd, BLKGETSIZE64, size) != 0)
+    return -errno;
   *len = *size < FDE_TAIL_BYTES ? (size_t) *size : FDE_TAIL_BYTES;
-  return fde_pread_full(fd, tail, *len, *size - *len) == 0;
+  r = fde_pread_full(fd, tail, *len, *size - *len);
+  return r < 0 ? r : 1;
 }
 
 /* Does row's tail_magic match the tail read (have: read_tail said yes)? */
@@ -149,6 +158,32 @@ fde_format_info_by_name(const char *name)
     if (strcmp(fde_format_table[i].name, name) == 0)
       return &fde_format_table[i];
   return NULL;
+}
+
+const char *
+fde_format_title(const struct fde_format *format)
+{
+  for (size_t i = 0; i < fde_format_table_len; i++)
+    if (fde_format_table[i].backend == format)
+      return fde_format_table[i].title;
+  return format->name;
+}
+
+const char *
+fde_article(const char *noun)
+{
+  /* acronyms said as a word, not letter by letter */
+  static const char *const words[] = { "LUKS" };
+  size_t len = strcspn(noun, " (");
+  bool initialism = len >= 2 && isupper((unsigned char) noun[0])
+                    && isupper((unsigned char) noun[1]);
+
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+    if (len == strlen(words[i]) && strncmp(noun, words[i], len) == 0)
+      initialism = false;
+  /* a letter whose name starts with a vowel sound: "an F" ("ef") */
+  return strchr(initialism ? "AEFHILMNORSX" : "AEIOUaeiou", noun[0])
+    != NULL && noun[0] != '\0' ? "an" : "a";
 }
 
 const struct fde_format *
@@ -239,8 +274,14 @@ fde_format_identify(const uint8_t *head, size_t len, int fd)
   uint8_t tail[FDE_TAIL_BYTES];
   size_t tail_len = 0;
   uint64_t size = 0;
-  bool have_tail = fd >= 0 && read_tail(fd, tail, &tail_len, &size);
+  int r = fd >= 0 ? read_tail(fd, tail, &tail_len, &size) : 0;
+  bool have_tail = r == 1;
 
+  if (r < 0) {
+    m.error = r;
+    snprintf(m.what, sizeof m.what, "unreadable file");
+    return m;
+  }
   if (match_refused(head, len, tail, tail_len, size, have_tail, &m))
     return m;
   m.format = fde_format_probe(head, len);

@@ -876,35 +876,40 @@ free_entries(struct ova_entry *disks, size_t n)
 }
 
 /* The row of the table of formats whose signature at the end of a file
- * (a fixed VHD's footer, a DMG trailer) ends member m, or NULL: the
- * table's own tail probe reads the end of the whole archive. */
-static const struct fde_format_info *
-probe_member_tail(int fd, const struct ova_member *m)
+ * (a fixed VHD's footer, a DMG trailer) ends member m, into *row (NULL
+ * if none): the table's own tail probe reads the end of the whole
+ * archive.  0, or -errno if the member's end cannot be read. */
+static int
+probe_member_tail(int fd, const struct ova_member *m,
+                  const struct fde_format_info **row)
 {
   uint8_t tail[FDE_TAIL_BYTES];
   size_t len = m->size < sizeof tail ? (size_t) m->size : sizeof tail;
+  int r = fde_pread_full(fd, tail, len, m->offset + m->size - len);
 
-  if (fde_pread_full(fd, tail, len, m->offset + m->size - len) < 0)
-    return NULL;
-  for (size_t i = 0; i < fde_format_table_len; i++)
+  *row = NULL;
+  for (size_t i = 0; r == 0 && i < fde_format_table_len; i++)
     if (fde_format_table[i].tail_magic != NULL
-        && fde_format_table[i].tail_magic(tail, len, m->size))
-      return &fde_format_table[i];
-  return NULL;
+        && fde_format_table[i].tail_magic(tail, len, m->size)) {
+      *row = &fde_format_table[i];
+      break;
+    }
+  return r;
 }
 
 /* The format of disk e, probed from its member's bytes by the table of
- * formats as a file's would be (its first bytes, then its last sector).
- * 0, or -errno (logged): -ENOTSUP for a format that cannot be opened
- * inside an OVA (fde_format.in_container) or is refused anyway. */
+ * formats as a file's would be (its first bytes, then its last sector):
+ * e->format, or NULL for a format that cannot be opened inside an OVA
+ * (fde_format.in_container) or is refused anyway; e->what names it.
+ * 0, or -errno (logged) if the member cannot be read. */
 static int
-probe_entry(int fd, const char *path, unsigned n, struct ova_entry *e)
+probe_entry(int fd, const char *path, struct ova_entry *e)
 {
   uint8_t head[TAR_BLOCK] = { 0 };
   size_t len = e->member->size < sizeof head ? (size_t) e->member->size
                : sizeof head;
   struct fde_format_match m;
-  const struct fde_format_info *tail;
+  const struct fde_format_info *tail = NULL;
   int r = fde_pread_full(fd, head, len, e->member->offset);
 
   if (r < 0) {
@@ -913,17 +918,16 @@ probe_entry(int fd, const char *path, unsigned n, struct ova_entry *e)
   }
   m = fde_format_identify(head, len, -1);
   if (m.format == &fde_format_raw
-      && (tail = probe_member_tail(fd, e->member)) != NULL) {
+      && (r = probe_member_tail(fd, e->member, &tail)) < 0) {
+    fde_error("%s: read: %s", path, strerror(-r));
+    return r;
+  }
+  if (m.format == &fde_format_raw && tail != NULL) {
     m.format = tail->backend;
     snprintf(m.what, sizeof m.what, "%s", tail->title);
   }
   snprintf(e->what, sizeof e->what, "%s", m.what);
-  e->format = m.format;
-  if (m.format == NULL || !m.format->in_container) {
-    fde_error("%s: disk %u (%s) is a %s image: not supported inside an OVA",
-              path, n, e->member->name, m.what);
-    return -ENOTSUP;
-  }
+  e->format = m.format != NULL && m.format->in_container ? m.format : NULL;
   return 0;
 }
 
@@ -971,6 +975,11 @@ ova_describe(struct fde_disk *d, FILE *out)
     struct ova_entry *e = &o->disks[i];
     struct fde_disk *inner = NULL;
     uint64_t size = 0;
+    if (e->format == NULL) {
+      fprintf(out, "ova-disk %zu: %s, %s, not supported inside an OVA\n",
+              i + 1, e->member->name, e->what);
+      continue;
+    }
     if (i == o->chosen)
       size = o->layer.lower->size;
     else if (open_entry(&o->params, o->fd, e, (unsigned) i + 1, &inner) == 0)
@@ -1054,10 +1063,17 @@ ova_read(struct ova_disk *o, const struct fde_open_params *p, unsigned n)
               o->ndisks, o->ndisks == 1 ? "" : "s");
     return -ENOENT;
   }
+  /* Every disk is probed (--probe lists them all); only the exported
+   * one must be of a format that can be read in place. */
   for (size_t i = 0; i < o->ndisks; i++)
-    if ((r = probe_entry(p->fd, p->path, (unsigned) i + 1,
-                         &o->disks[i])) < 0)
+    if ((r = probe_entry(p->fd, p->path, &o->disks[i])) < 0)
       return r;
+  if (o->disks[n - 1].format == NULL) {
+    fde_error("%s: disk %u (%s) is %s %s image: not supported inside an OVA",
+              p->path, n, o->disks[n - 1].member->name,
+              fde_article(o->disks[n - 1].what), o->disks[n - 1].what);
+    return -ENOTSUP;
+  }
   return 0;
 }
 

@@ -12,7 +12,15 @@
  * it would apply to the owner (mode, ACLs, groups, search permission on
  * each directory of the path, symlink protections), and the descriptor it
  * opened is passed back over a socket (SCM_RIGHTS) and used as it is, so
- * no name is looked up twice. */
+ * no name is looked up twice.
+ *
+ * Whoever opens it, a name is never resolved through a /proc magic link,
+ * and an extent's name never leads out of its descriptor's directory,
+ * not even through a symbolic link (openat2 RESOLVE_NO_MAGICLINKS,
+ * RESOLVE_BENEATH; a root-owned descriptor unpacked from a tar could
+ * otherwise name /etc/shadow through one); a file on procfs, sysfs or
+ * another kernel pseudo file system is refused, as is a mount point on
+ * one (src/export.c). */
 #include <config.h>
 
 #include <errno.h>
@@ -23,8 +31,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
+#include <linux/openat2.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,6 +47,33 @@
  * cleared once the file is known to be a regular file or a device).
  * O_NOCTTY: a terminal named by one must not become ours. */
 #define NAMED_OPEN_FLAGS (O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+
+/* Open name with openat2(2) (Linux 5.6; glibc 2.36 has no wrapper):
+ * relative to the directory dir, which it must not leave
+ * (RESOLVE_BENEATH: no "..", absolute name or symlink leads out of it),
+ * or, with dir NULL, name as it is.  Never through a magic link
+ * (/proc/PID/fd/N, /proc/PID/cwd and the like: RESOLVE_NO_MAGICLINKS).
+ * The descriptor, or -errno: -EXDEV for a name leaving dir, -ELOOP for a
+ * magic link, -ENOSYS without openat2.  Only system calls: it also runs
+ * in the child of open_in_child. */
+static int
+open_resolved(const char *dir, const char *name)
+{
+  struct open_how how = { .flags = NAMED_OPEN_FLAGS,
+                          .resolve = RESOLVE_NO_MAGICLINKS };
+  int dfd = AT_FDCWD, fd, err;
+
+  if (dir != NULL) {
+    if ((dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1)
+      return -errno;
+    how.resolve |= RESOLVE_BENEATH;
+  }
+  fd = (int) syscall(SYS_openat2, dfd, name, &how, sizeof how);
+  err = errno;
+  if (dir != NULL)
+    close(dfd);
+  return fd == -1 ? -err : fd;
+}
 
 struct fde_owner
 fde_owner_of(uid_t uid, gid_t gid)
@@ -167,12 +207,14 @@ child_shed(int sock)
 }
 
 /* In the child: drop to the owner's credentials (groups first, while we
- * may still set them; uid last), open path, send the result, exit.  Only
+ * may still set them; uid last), open name (open_resolved: beneath dir
+ * unless dir is NULL), send the result, exit.  Only
  * async-signal-safe calls: images are opened before any thread starts,
  * but the rule costs nothing here.  setuid from root to another uid also
  * clears every capability, so the open gets no override. */
 static void __attribute__((noreturn))
-child_open(int sock, const struct owner_cred *c, const char *path)
+child_open(int sock, const struct owner_cred *c, const char *dir,
+           const char *name)
 {
   struct child_reply rep = { .step = STEP_CRED };
   int fd = -1;
@@ -182,9 +224,10 @@ child_open(int sock, const struct owner_cred *c, const char *path)
       || setresgid(c->gid, c->gid, c->gid) == -1
       || setresuid(c->uid, c->uid, c->uid) == -1)
     rep.err = errno;
-  else if ((fd = open(path, NAMED_OPEN_FLAGS)) == -1) {
+  else if ((fd = open_resolved(dir, name)) < 0) {
     rep.step = STEP_OPEN;
-    rep.err = errno;
+    rep.err = -fd;
+    fd = -1;
   }
   else
     rep.step = 0;
@@ -226,10 +269,12 @@ receive_reply(int sock, struct child_reply *rep, int *fd)
   return 0;
 }
 
-/* Open path with the owner's credentials in a child process.  The
- * descriptor, or -errno with *step saying which step failed. */
+/* Open name (beneath dir unless dir is NULL; both absolute) with the
+ * owner's credentials in a child process.  The descriptor, or -errno
+ * with *step saying which step failed. */
 static int
-open_in_child(const struct owner_cred *c, const char *path, int *step)
+open_in_child(const struct owner_cred *c, const char *dir, const char *name,
+              int *step)
 {
   struct child_reply rep = { .step = STEP_OPEN };
   int sv[2], fd = -1, r, status;
@@ -247,7 +292,7 @@ open_in_child(const struct owner_cred *c, const char *path, int *step)
   }
   if (pid == 0) {
     close(sv[0]);
-    child_open(sv[1], c, path);
+    child_open(sv[1], c, dir, name);
   }
   close(sv[1]);
   r = receive_reply(sv[0], &rep, &fd);
@@ -280,21 +325,63 @@ absolute_path(const char *path)
   return out;
 }
 
-/* Open path as the owner; the descriptor or -errno, message logged. */
+/* The directory that inside, the tail of path, must stay beneath: what
+ * path names before it ("." when it is all of path).  malloc'd, or NULL
+ * with errno set. */
+static char *
+dir_before(const char *path, const char *inside)
+{
+  return inside == path ? strdup(".")
+    : strndup(path, (size_t) (inside - path));
+}
+
+/* Open path (inside: as fde_open_named) with the owner's credentials;
+ * the descriptor, or -errno with *step saying which step failed. */
 static int
-open_as_owner(const struct fde_open_params *p, const char *what,
-              const char *path)
+open_as_owner(const struct fde_open_params *p, const char *path,
+              const char *inside, int *step)
 {
   struct owner_cred cred;
-  char *abspath = NULL;
-  int step = STEP_CRED, fd = owner_cred_get(&p->owner, &cred);
+  char *dir = NULL, *abspath = NULL;
+  int fd = owner_cred_get(&p->owner, &cred);
 
-  if (fd == 0) {
-    step = STEP_OPEN;
+  *step = STEP_CRED;
+  if (fd < 0)
+    return fd;
+  *step = STEP_OPEN;
+  if (inside == NULL)
     abspath = absolute_path(path);
-    fd = abspath != NULL ? open_in_child(&cred, abspath, &step) : -errno;
-    free(cred.groups);
-    free(abspath);
+  else if ((dir = dir_before(path, inside)) != NULL)
+    abspath = absolute_path(dir);
+  if (abspath == NULL)
+    fd = -errno;
+  else if (inside == NULL)
+    fd = open_in_child(&cred, NULL, abspath, step);
+  else
+    fd = open_in_child(&cred, abspath, inside, step);
+  free(cred.groups);
+  free(dir);
+  free(abspath);
+  return fd;
+}
+
+/* Open path by the rules of fde_open_named, as the owner when
+ * p->owner.check; the descriptor or -errno, message logged. */
+static int
+open_path(const struct fde_open_params *p, const char *what,
+          const char *path, const char *inside)
+{
+  int step = STEP_OPEN, fd;
+  char *dir;
+
+  if (p->owner.check)
+    fd = open_as_owner(p, path, inside, &step);
+  else if (inside == NULL)
+    fd = open_resolved(NULL, path);
+  else {
+    fd = (dir = dir_before(path, inside)) != NULL
+      ? open_resolved(dir, inside) : -errno;
+    free(dir);
   }
   if (fd >= 0)
     return fd;
@@ -302,7 +389,16 @@ open_as_owner(const struct fde_open_params *p, const char *what,
     fde_error("%s: %s %s: cannot take the credentials of the image's owner "
               "(uid %lu) to open it as that user: %s", p->path, what, path,
               (unsigned long) p->owner.uid, strerror(-fd));
-  else if (fd == -EACCES || fd == -EPERM)
+  else if (fd == -EXDEV)
+    fde_error("%s: %s %s leads out of the image's directory (through a "
+              "symbolic link): refused", p->path, what, path);
+  else if (fd == -ELOOP)
+    fde_error("%s: %s %s: a /proc magic link or too many levels of "
+              "symbolic links: refused", p->path, what, path);
+  else if (fd == -ENOSYS)
+    fde_error("%s: %s %s: this kernel has no openat2 (Linux 5.6 or later) "
+              "to open it safely: refused", p->path, what, path);
+  else if (p->owner.check && (fd == -EACCES || fd == -EPERM))
     fde_error("%s: %s %s: not readable by the image's owner (uid %lu): %s",
               p->path, what, path, (unsigned long) p->owner.uid,
               strerror(-fd));
@@ -311,27 +407,50 @@ open_as_owner(const struct fde_open_params *p, const char *what,
   return fd;
 }
 
-int
-fde_open_named(const struct fde_open_params *p, const char *what,
-               const char *path)
+const char *
+fde_pseudo_fs_of(int fd)
+{
+  static const struct { uint32_t magic; const char *name; } pseudo[] = {
+    { PROC_SUPER_MAGIC, "procfs" }, { SYSFS_MAGIC, "sysfs" },
+    { DEBUGFS_MAGIC, "debugfs" }, { TRACEFS_MAGIC, "tracefs" },
+    { SECURITYFS_MAGIC, "securityfs" }, { SELINUX_MAGIC, "selinuxfs" },
+    { SMACK_MAGIC, "smackfs" }, { CGROUP_SUPER_MAGIC, "cgroup" },
+    { CGROUP2_SUPER_MAGIC, "cgroup2" }, { BPF_FS_MAGIC, "bpf" },
+    { EFIVARFS_MAGIC, "efivarfs" }, { PSTOREFS_MAGIC, "pstore" },
+    { BINFMTFS_MAGIC, "binfmt_misc" }, { NSFS_MAGIC, "nsfs" },
+  };
+  struct statfs sfs;
+
+  if (fstatfs(fd, &sfs) == -1)
+    return NULL;
+  for (size_t i = 0; i < sizeof pseudo / sizeof pseudo[0]; i++)
+    if ((uint32_t) sfs.f_type == pseudo[i].magic)   /* 32-bit magics */
+      return pseudo[i].name;
+  return NULL;
+}
+
+/* The descriptor fd, opened on path, if it is a file a layer may use: on
+ * no pseudo file system, a regular file (or an allowed block device);
+ * made blocking.  fd, or -errno with fd closed and one line logged. */
+static int
+check_opened(const struct fde_open_params *p, const char *what,
+             const char *path, int fd)
 {
   struct stat st;
-  int err, fd;
+  const char *pseudo;
+  int err;
 
-  if (p->owner.check) {
-    if ((fd = open_as_owner(p, what, path)) < 0)
-      return fd;
-  }
-  else if ((fd = open(path, NAMED_OPEN_FLAGS)) == -1) {
-    err = errno;
-    fde_error("%s: %s %s: %s", p->path, what, path, strerror(err));
-    return -err;
-  }
   if (fstat(fd, &st) == -1) {
     err = errno;
     fde_error("%s: %s %s: fstat: %s", p->path, what, path, strerror(err));
     close(fd);
     return -err;
+  }
+  if ((pseudo = fde_pseudo_fs_of(fd)) != NULL) {
+    fde_error("%s: %s %s is on %s, a kernel pseudo file system: refused",
+              p->path, what, path, pseudo);
+    close(fd);
+    return -EINVAL;
   }
   if (S_ISREG(st.st_mode) || (S_ISBLK(st.st_mode) && p->allow_bdev_backing)) {
     if (fcntl(fd, F_SETFL, 0) == 0)
@@ -346,4 +465,13 @@ fde_open_named(const struct fde_open_params *p, const char *what,
             "them)" : "");
   close(fd);
   return -EINVAL;
+}
+
+int
+fde_open_named(const struct fde_open_params *p, const char *what,
+               const char *path, const char *inside)
+{
+  int fd = open_path(p, what, path, inside);
+
+  return fd < 0 ? fd : check_opened(p, what, path, fd);
 }

@@ -6,6 +6,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -52,6 +53,11 @@ probe_layer(const struct fde_open_params *params,
     return r;
   }
   m = fde_format_identify(buf, sizeof buf, params->fd);
+  if (m.error < 0) {
+    fde_error("%s: reading its last sector to probe its format: %s",
+              params->path, strerror(-m.error));
+    return m.error;
+  }
   if (m.format == NULL) {
     fde_error("%s: %s images are not supported", params->path, m.what);
     return -ENOTSUP;
@@ -79,6 +85,14 @@ open_layer(const struct fde_format *format,
   if ((r = fde_lock_image(p.fd, p.path, !p.read_only)) < 0
       || (r = format->open(&p, out)) < 0)
     return r;
+  if ((*out)->size > FDE_MAX_DISK_LENGTH) {     /* as QEMU, every format */
+    fde_error("%s: the %s disk is %" PRIu64 " bytes, larger than the %"
+              PRIu64 " bytes QEMU opens (BDRV_MAX_LENGTH)", p.path,
+              format->name, (*out)->size, FDE_MAX_DISK_LENGTH);
+    fde_disk_close(*out);
+    *out = NULL;
+    return -EFBIG;
+  }
   if (p.read_only)
     (*out)->read_only = true;
   return 0;

@@ -22,11 +22,13 @@
  * entry) has the highest sequence number among those whose head's Tail
  * names an entry of the same run at or before it; it is replayed from
  * that tail to the head.  QEMU counts a run the same way but checks the
- * tail less strictly (formats.md 4.3 step 3), and refuses the image when
- * any entry whose header passes has a bad descriptor, where such an entry
- * is not valid here (stale or torn: the specification ignores it).  Only
- * the active sequence's writes are bounds-checked: one outside the file
- * (or into the log) refuses the image. */
+ * tail less strictly (formats.md 4.3 step 3).  Before that, the log is
+ * walked once more exactly as QEMU's vhdx_log_search walks it, and the
+ * image is refused, as QEMU refuses it (EINVAL, also for qemu-img check
+ * -r all), when an entry it reaches has a header that passes and a bad
+ * descriptor (qemu_log_check); a bad CRC or data sector only ends a run.
+ * Only the active sequence's writes are bounds-checked: one outside the
+ * file (or into the log) refuses the image. */
 #include <config.h>
 
 #include <errno.h>
@@ -213,6 +215,125 @@ body_valid(const uint8_t *h)
   }
   return fde_vhdx_crc32c(h, len, 4) == le32(h + 4);
 }
+
+/* ---- QEMU's walk, for the entries it refuses ------------------------- */
+
+/* QEMU's vhdx_log_hdr_is_valid: laxer than header_passes (no Tail test;
+ * descriptors need only count x 32 <= entry length). */
+static bool
+qemu_header_passes(const struct scan *s, const uint8_t *h)
+{
+  uint32_t len = le32(h + 8);
+
+  return memcmp(h, "loge", 4) == 0 && len <= s->place->length
+    && len % VHDX_LOG_SECTOR == 0 && le64(h + 16) != 0
+    && memcmp(h + 32, s->place->guid, 16) == 0
+    && (uint64_t) le32(h + 24) * DESCRIPTOR <= len;
+}
+
+/* What QEMU's vhdx_log_desc_is_valid finds wrong with descriptor d of an
+ * entry whose sequence number is seq, or NULL. */
+static const char *
+qemu_descriptor_problem(const uint8_t *d, uint64_t seq)
+{
+  if (le64(d + 24) != seq)
+    return "its sequence number is not the entry's";
+  if (le64(d + 16) % VHDX_LOG_SECTOR != 0)
+    return "its file offset is not a multiple of 4 KiB";
+  if (memcmp(d, "zero", 4) == 0)
+    return le64(d + 8) % VHDX_LOG_SECTOR != 0
+      ? "its zero length is not a multiple of 4 KiB" : NULL;
+  return memcmp(d, "desc", 4) == 0 ? NULL
+    : "its signature is neither \"zero\" nor \"desc\"";
+}
+
+/* The CRC-32C QEMU's vhdx_validate_log_entry computes over sectors log
+ * sectors from pos (wrapping round the log's end), checksum field
+ * zeroed. */
+static uint32_t
+qemu_entry_crc(const struct scan *s, uint32_t pos, uint64_t sectors)
+{
+  static const uint8_t zeros[4];
+  uint32_t length = s->place->length, crc = 0xffffffffu;
+
+  for (uint64_t k = 0; k < sectors; k++) {
+    const uint8_t *sec = s->log + (pos + k * VHDX_LOG_SECTOR) % length;
+    if (k == 0) {
+      crc = crc32c_update(crc, sec, 4);
+      crc = crc32c_update(crc, zeros, 4);
+      crc = crc32c_update(crc, sec + 8, VHDX_LOG_SECTOR - 8);
+    } else
+      crc = crc32c_update(crc, sec, VHDX_LOG_SECTOR);
+  }
+  return crc ^ 0xffffffffu;
+}
+
+/* One call of QEMU's vhdx_validate_log_entry at *pos: an entry following
+ * sequence number want (0: any) moves *pos past it, with *valid when its
+ * CRC matches (*seq its number); anything else moves *pos one sector.
+ * -EINVAL, logged, for a bad descriptor: QEMU fails the open there. */
+static int
+qemu_step(const struct scan *s, uint32_t *pos, uint64_t want, bool *valid,
+          uint64_t *seq)
+{
+  const uint8_t *h = s->log + *pos;
+  uint32_t length = s->place->length, count = le32(h + 24);
+  uint64_t sectors, desc_sectors = ((uint64_t) count + 2 + 127) / 128;
+  const char *problem;
+
+  *valid = false;
+  if (!qemu_header_passes(s, h) || (want > 0 && le64(h + 16) != want + 1)) {
+    *pos = (*pos + VHDX_LOG_SECTOR) % length;
+    return 0;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    const uint8_t *d = s->log + (*pos + ENTRY_HEADER
+                                 + (uint64_t) i * DESCRIPTOR) % length;
+    if ((problem = qemu_descriptor_problem(d, le64(h + 16))) != NULL) {
+      fde_error("%s: VHDX log entry at log offset %#" PRIx32 ": descriptor "
+                "%" PRIu32 " is invalid (%s); QEMU refuses such a log",
+                s->place->path, *pos, i, problem);
+      return -EINVAL;
+    }
+  }
+  sectors = le32(h + 8) / VHDX_LOG_SECTOR;
+  if (sectors < desc_sectors)
+    sectors = desc_sectors;
+  *valid = qemu_entry_crc(s, *pos, sectors) == le32(h + 4);
+  *seq = le64(h + 16);
+  *pos = (uint32_t) ((*pos + sectors * VHDX_LOG_SECTOR) % length);
+  return 0;
+}
+
+/* Walk the log as QEMU's vhdx_log_search does (from offset 0; a run is
+ * followed while entries are valid, the second compared against 0; the
+ * walk ends when the position wraps), only to refuse what QEMU refuses:
+ * 0 or -EINVAL (logged).  Where QEMU would walk forever (an invalid entry
+ * as long as the log brings it back to where it started) we stop.  The
+ * descriptors checked are the entry's own: QEMU 7.2 reads every
+ * descriptor sector of an entry into the same 4 KiB of its buffer
+ * (vhdx_log_read_sectors does not advance it), so beyond 126 descriptors
+ * it checks memory it never wrote and refuses; we replay such an entry. */
+static int
+qemu_log_check(const struct scan *s)
+{
+  uint32_t pos = 0, tail;
+  uint64_t seq = 0, want;
+  bool valid;
+  int r;
+
+  do {
+    tail = pos;
+    if ((r = qemu_step(s, &pos, 0, &valid, &seq)) < 0)
+      return r;
+    for (want = 0; valid; want = seq)
+      if ((r = qemu_step(s, &pos, want, &valid, &seq)) < 0)
+        return r;
+  } while (pos > tail);
+  return 0;
+}
+
+/* ---- Our scan ---------------------------------------------------------- */
 
 /* The entry of len bytes at pos, contiguous: in the log, or for one that
  * wraps around the log's end, a copy put in *copy (malloc'd, the caller
@@ -451,7 +572,7 @@ fde_vhdx_log_replay(const struct vhdx_log_place *p, struct vhdx_overlay *ov)
     fde_error("%s: read: %s", p->path, strerror(-r));
     goto out;
   }
-  if ((r = scan_entries(&s)) < 0)
+  if ((r = qemu_log_check(&s)) < 0 || (r = scan_entries(&s)) < 0)
     goto out;
   if ((r = choose_sequence(&s, &tail, &head)) < 0)
     goto out;

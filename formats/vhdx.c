@@ -41,6 +41,7 @@
 
 #include "chain.h"
 #include "format.h"
+#include "utf16.h"
 #include "vhdx.h"
 
 #define HEADER1           (64u << 10)
@@ -661,58 +662,6 @@ load_bat(struct vhdx_disk *v)
 
 /* ---- Opening: the parent ------------------------------------------------- */
 
-/* Append code point c to *out as UTF-8. */
-static void
-put_utf8(char **out, uint32_t c)
-{
-  char *p = *out;
-
-  if (c < 0x80)
-    *p++ = (char) c;
-  else if (c < 0x800) {
-    *p++ = (char) (0xc0 | c >> 6);
-    *p++ = (char) (0x80 | (c & 0x3f));
-  } else if (c < 0x10000) {
-    *p++ = (char) (0xe0 | c >> 12);
-    *p++ = (char) (0x80 | (c >> 6 & 0x3f));
-    *p++ = (char) (0x80 | (c & 0x3f));
-  } else {
-    *p++ = (char) (0xf0 | c >> 18);
-    *p++ = (char) (0x80 | (c >> 12 & 0x3f));
-    *p++ = (char) (0x80 | (c >> 6 & 0x3f));
-    *p++ = (char) (0x80 | (c & 0x3f));
-  }
-  *out = p;
-}
-
-/* Decode len bytes of UTF-16LE (an even count) into a malloc'd UTF-8
- * string in *out; a NUL or an unpaired surrogate is refused.  0,
- * -EINVAL or -ENOMEM. */
-static int
-utf16le_to_utf8(const uint8_t *in, size_t len, char **out)
-{
-  char *s = malloc(len / 2 * 3 + 1), *p = s;
-
-  *out = NULL;
-  if (s == NULL)
-    return -ENOMEM;
-  for (size_t i = 0; i + 1 < len; i += 2) {
-    uint32_t c = le16(in + i);
-    if (c >= 0xd800 && c < 0xdc00 && i + 3 < len
-        && le16(in + i + 2) >= 0xdc00 && le16(in + i + 2) < 0xe000) {
-      c = 0x10000 + ((c - 0xd800) << 10) + (le16(in + i + 2) - 0xdc00);
-      i += 2;
-    } else if (c == 0 || (c >= 0xd800 && c < 0xe000)) {
-      free(s);
-      return -EINVAL;
-    }
-    put_utf8(&p, c);
-  }
-  *p = '\0';
-  *out = s;
-  return 0;
-}
-
 /* Parse a GUID written "{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}" into the
  * 16 bytes a file stores (the first three fields little-endian). */
 static bool
@@ -788,8 +737,10 @@ decode_locator(struct vhdx_disk *v, const uint8_t *loc, uint32_t len,
                 "locator or not UTF-16", path, i);
       return -EINVAL;
     }
-    if ((r = utf16le_to_utf8(loc + ko, kl, &key)) == 0)
-      r = utf16le_to_utf8(loc + vo, vl, &value);
+    if ((r = fde_utf16_to_utf8(loc + ko, kl, false, FDE_UTF16_NUL_REFUSED,
+                                &key)) == 0)
+      r = fde_utf16_to_utf8(loc + vo, vl, false, FDE_UTF16_NUL_REFUSED,
+                            &value);
     for (k = 0; r == 0 && k < N_KEYS && strcmp(key, key_names[k]) != 0; k++)
       ;
     if (r == 0 && k < N_KEYS && values[k] != NULL) {

@@ -12,7 +12,8 @@
  * copy at the end of the file.
  *
  * Memory and speed: the GD is read at open (bounded by the file: it must
- * lie inside it, and by QEMU's 32 Mi-entry cap).  GTs are read lazily into
+ * lie inside it, by QEMU's 32 Mi-entry cap, and by the budget the caller
+ * gives for all the GDs of its disk, params.gd_budget).  GTs are read lazily into
  * a small LRU cache of GT_CACHE tables keyed by their sector (QEMU keeps
  * 16): reading every GT at open would cost up to 64 MiB and a second of
  * I/O for a 2 TiB image before the first byte is served, and aliasing GD
@@ -20,27 +21,42 @@
  * numGTEsPerGT grains (32 MiB at the default 64 KiB grain), so a
  * sequential read loads one GT per 32 MiB.  Inflated grains are kept in a
  * second LRU cache bounded by zcache_bytes (--decompressed-cache; default
- * 4 MiB, 2 to 256 grains, as qcow2's), allocated as grains are inflated;
+ * 4 MiB, 2 to 256 grains, as qcow2's; a disk of several compressed
+ * extent files splits it, vmdk_sparse_share_zcache), allocated as grains
+ * are inflated;
  * QEMU keeps none and inflates the grain again for every read of it.  A
  * read of a whole grain (a sequential reader's: the kernel's read-ahead
  * requests cover whole grains) skips the cache and inflates into the
  * caller's buffer.
- * Inflating is most of the cost of a stream (perf: ~85% in zlib, a tenth
- * of it the Adler-32 check QEMU makes too), so the rest is kept small: one
- * inflate(Z_FINISH) needs no window copy, and the compressed bytes read
- * are a grain and a sector, not QEMU's two grains, unless the marker says
- * more.
+ * Inflating is most of the cost of a stream (perf, 4 KiB random reads:
+ * 3/4 in zlib's inflate; 2/3 in libdeflate, which does the same work,
+ * Adler-32 included, in about 60% of the CPU time), so the rest is kept
+ * small: libdeflate inflates the whole grain in one call, and the
+ * compressed bytes read are a grain and a sector, not QEMU's two grains,
+ * unless the marker says more.
  * Both caches sit behind one mutex that is never held across I/O or
  * inflating: two threads missing on the same entry may both load it, and
  * the second insert is dropped.  A lookup coalesces adjacent grains of one
  * kind (verbatim grains only when contiguous in the file) into one run,
  * across grain tables, so map/splice serves a long allocated run at once.
  *
- * Policy where QEMU is looser (refused here with -EINVAL and one line,
- * where QEMU would read garbage or zeros): a GD or GT not wholly inside
- * the extent, a grain pointing below the header's overHead (into the
- * header, descriptor or tables) or past the end, a grain beyond a COWD
- * grain directory, granularity 0, a compressed grain over 16 MiB.  Like
+ * Damaged extents read as QEMU reads them (review 12 F4): a GT wholly
+ * or partly past the end reads as zeros there (unallocated entries), a
+ * grain past the end reads zeros there (PAST_END: data for block status,
+ * as QEMU's map says), a grain pointing into the header, descriptor or
+ * tables reads their bytes.  Only bytes of the extent's own window are
+ * ever read.  A lookup skips a GD entry 0 or an all-zero GT in O(1)
+ * (each cached GT knows where its non-zero entries lie), aliasing GD
+ * entries load their GT once, and one lookup loads at most
+ * LOOKUP_GT_LOADS GTs (review 12 F5).
+ *
+ * Policy where QEMU differs (refused with -EINVAL and one line, at open:
+ * QEMU fails too, or reads garbage or zeros): a GD not wholly inside
+ * the extent, a COWD capacity beyond its grain directory (QEMU's block
+ * status fails there), granularity 0, a compressed grain over 16 MiB; at
+ * read time a compressed grain whose marker lies past the end (QEMU
+ * inflates zeros and fails the read too; finding them at open would mean
+ * reading every GT).  Like
  * QEMU, the marker's lba is not compared with the grain's position (QEMU
  * allows GT entries to alias one grain), and an inflated grain shorter
  * than a grain is an error only for a read reaching past its end. */
@@ -49,12 +65,12 @@
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <libdeflate.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #include "format.h"
 #include "vmdk-sparse.h"
@@ -73,6 +89,8 @@
 #define MAX_ZGRAIN        (16u << 20)   /* compressed grains: our cap */
 #define MAX_GD_ENTRIES    (UINT64_C(32) << 20)  /* QEMU's l1_size cap */
 #define MARKER_BYTES      12            /* lba u64, size u32 */
+#define MARKER_FIRST_READ (256u << 10)  /* bytes read with a grain marker
+                                         * before its size is known */
 #define MARKER_FOOTER     3
 #define MARKER_EOS        0
 #define COWD_HEADER       2048          /* VMware's COWD header size */
@@ -80,9 +98,18 @@
 #define DEFAULT_ZCACHE    (UINT64_C(4) << 20)    /* as qcow2's */
 #define MAX_ZSLOTS        256           /* as qcow2's */
 
+/* Where a GT's non-zero entries lie: indexes [lo, hi); lo == hi when
+ * every entry is 0 (the whole GT reads as unallocated).  Kept with a
+ * cached GT so that lookups skip its zero head, zero tail or all of it
+ * in O(1), whatever the granularity (review 12 F5). */
+struct gt_used {
+  uint32_t lo, hi;
+};
+
 struct gt_slot {
   uint64_t sector;              /* GT's sector in the extent; 0 = empty */
   uint64_t last_use;
+  struct gt_used used;
   uint32_t *entries;            /* host endian */
 };
 
@@ -108,7 +135,12 @@ struct vmdk_sparse {
   uint64_t gd_offset;           /* bytes */
   uint64_t gd_entries;
   uint32_t *gd;                 /* host endian */
-  uint64_t meta_end;            /* bytes: no grain starts below */
+  uint64_t gd_limit;            /* bytes the GD may take (the disk's
+                                 * budget left, at open only) */
+  uint64_t meta_end;            /* bytes of header and tables before
+                                 * the first grain (st_blocks only: a
+                                 * grain may point into them, as QEMU
+                                 * reads it) */
   uint64_t desc_offset, desc_bytes;
 
   pthread_mutex_t lock;         /* the caches and the counters below */
@@ -116,6 +148,8 @@ struct vmdk_sparse {
   struct gt_slot gt[GT_CACHE];
   struct zgrain *z;
   size_t nz;
+  uint8_t *spare;               /* a grain buffer for the next miss, kept
+                                 * only while nz > 0 (take_grain_buffer) */
   uint64_t allocated;           /* 0 = not computed yet */
   atomic_bool bad_logged;       /* one line per extent for bad entries */
 };
@@ -283,6 +317,8 @@ read_gd(struct vmdk_sparse *s)
 
   if (s->gd_entries == 0)
     return 0;
+  if (s->gd_entries * 4 > s->gd_limit)
+    return -E2BIG;              /* the caller says so: it is its cap */
   s->gd = malloc(s->gd_entries * 4);
   if (!s->gd)
     return -ENOMEM;
@@ -365,25 +401,59 @@ open_cowd(struct vmdk_sparse *s, const uint8_t *hdr)
   if (r == 0 && s->gd_entries == 0 && s->capacity > 0) {
     fde_error("%s: VMDK3 extent has an empty grain directory", s->path);
     r = -EINVAL;
+  } else if (r == 0 && s->gd_entries < s->capacity / s->gt_span
+             + (s->capacity % s->gt_span != 0)) {
+    /* QEMU's get_cluster_offset says VMDK_ERROR beyond the GD, and its
+     * block status -EIO: qemu-img convert fails there.  Refused here at
+     * open, not mounted to fail later (review 12 F4). */
+    fde_error("%s: VMDK3 capacity of %" PRIu64 " bytes lies beyond its "
+              "grain directory of %" PRIu64 " entries", s->path,
+              s->capacity, s->gd_entries);
+    r = -EINVAL;
   }
   return r < 0 ? r : read_gd(s);
 }
 
-/* The decompressed-grain cache's slots for the budget. */
+/* The decompressed-grain cache's slots for share/th of the budget
+ * (vmdk_sparse_share_zcache), replacing any: 2 to 256 grains for a
+ * whole budget, 0 to 256 for a part of one. */
 static int
-zcache_init(struct vmdk_sparse *s, uint64_t budget)
+zcache_init(struct vmdk_sparse *s, uint64_t budget, unsigned share)
 {
   uint64_t n;
 
+  for (size_t i = 0; i < s->nz; i++)
+    free(s->z[i].data);
+  free(s->z);
+  free(s->spare);
+  s->z = NULL;
+  s->nz = 0;
+  s->spare = NULL;
   if (!s->compressed || s->capacity == 0)
     return 0;
-  n = (budget ? budget : DEFAULT_ZCACHE) / s->grain_bytes;
-  n = n < 2 ? 2 : n > MAX_ZSLOTS ? MAX_ZSLOTS : n;
+  n = (budget ? budget : DEFAULT_ZCACHE) / (share ? share : 1)
+      / s->grain_bytes;
+  n = n < 2 && share <= 1 ? 2 : n > MAX_ZSLOTS ? MAX_ZSLOTS : n;
+  if (n == 0)
+    return 0;                   /* no cache: read_compressed inflates */
   s->z = calloc(n, sizeof *s->z);
   if (!s->z)
     return -ENOMEM;
   s->nz = n;
   return 0;
+}
+
+int
+vmdk_sparse_share_zcache(struct vmdk_sparse *s, uint64_t budget,
+                         unsigned share)
+{
+  return zcache_init(s, budget, share);
+}
+
+bool
+vmdk_sparse_compressed(const struct vmdk_sparse *s)
+{
+  return s->compressed;
 }
 
 int
@@ -402,6 +472,7 @@ vmdk_sparse_open(const struct vmdk_sparse_params *p, struct vmdk_sparse **out)
   s->fd = p->fd;
   s->base = p->base;
   s->length = p->length;
+  s->gd_limit = p->gd_budget ? *p->gd_budget : UINT64_MAX;
   pthread_mutex_init(&s->lock, NULL);
   atomic_init(&s->bad_logged, false);
   if (s->length < SECTOR) {
@@ -425,9 +496,11 @@ vmdk_sparse_open(const struct vmdk_sparse_params *p, struct vmdk_sparse **out)
     r = -EINVAL;
   }
   if (r == 0)
-    r = zcache_init(s, p->zcache_bytes);
+    r = zcache_init(s, p->zcache_bytes, 1);
   if (r < 0)
     goto fail;
+  if (p->gd_budget)
+    *p->gd_budget -= s->gd_entries * 4;     /* <= gd_limit: read_gd */
   *out = s;
   return 0;
 fail:
@@ -498,10 +571,51 @@ log_once(struct vmdk_sparse *s, const char *fmt, ...)
   fde_error("%s: %s", s->path, line);
 }
 
-/* Copy the GT at sector gt_sector into out (s->gtes entries, host
- * endian), from the cache or the file.  0 or -errno. */
+/* The non-zero part of a GT (n entries). */
+static struct gt_used
+gt_used_of(const uint32_t *gt, uint32_t n)
+{
+  struct gt_used u = { 0, 0 };
+
+  while (u.lo < n && gt[u.lo] == 0)
+    u.lo++;
+  if (u.lo == n)
+    return (struct gt_used) { 0, 0 };
+  for (u.hi = n; gt[u.hi - 1] == 0; u.hi--)
+    ;
+  return u;
+}
+
+/* Read the GT at sector gt_sector from the file into out (s->gtes
+ * entries, host endian).  As QEMU's file layer (bdrv_aligned_preadv
+ * zero-fills past the end; formats.md 1.1, 2.3), the part past the
+ * extent's end reads as zeros: a GT wholly past it is all unallocated and
+ * costs no I/O.  0 or -errno. */
 static int
-gt_load(struct vmdk_sparse *s, uint64_t gt_sector, uint32_t *out)
+gt_read(struct vmdk_sparse *s, uint64_t gt_sector, uint32_t *out)
+{
+  size_t bytes = (size_t) s->gtes * 4;
+  uint64_t at = gt_sector * SECTOR;
+  size_t in_file = at >= s->length ? 0
+                   : s->length - at < bytes ? (size_t) (s->length - at)
+                   : bytes;
+  int r;
+
+  memset((uint8_t *) out + in_file, 0, bytes - in_file);
+  if (in_file > 0 && (r = extent_pread(s, out, in_file, at)) < 0)
+    return r;
+  for (uint32_t i = 0; i < s->gtes; i++)
+    out[i] = le32toh(out[i]);
+  return 0;
+}
+
+/* Copy the GT at sector gt_sector into out (s->gtes entries, host
+ * endian), from the cache or the file (gt_read); *used: where its
+ * non-zero entries lie.  out is left as it was when the GT is all zero
+ * (*used empty): nobody reads it then.  0 or -errno. */
+static int
+gt_load(struct vmdk_sparse *s, uint64_t gt_sector, uint32_t *out,
+        struct gt_used *used)
 {
   size_t bytes = (size_t) s->gtes * 4;
   struct gt_slot *victim;
@@ -513,18 +627,22 @@ gt_load(struct vmdk_sparse *s, uint64_t gt_sector, uint32_t *out)
     struct gt_slot *g = &s->gt[i];
     if (g->sector == gt_sector) {
       g->last_use = ++s->clock;
-      memcpy(out, g->entries, bytes);
+      *used = g->used;
+      if (used->lo < used->hi)
+        memcpy(out, g->entries, bytes);
       pthread_mutex_unlock(&s->lock);
       return 0;
     }
   }
   pthread_mutex_unlock(&s->lock);
 
-  r = extent_pread(s, out, bytes, gt_sector * SECTOR);
-  if (r < 0)
+  if (gt_sector * SECTOR >= s->length) {        /* past the end: no I/O */
+    *used = (struct gt_used) { 0, 0 };
+    return 0;
+  }
+  if ((r = gt_read(s, gt_sector, out)) < 0)
     return r;
-  for (uint32_t i = 0; i < s->gtes; i++)
-    out[i] = le32toh(out[i]);
+  *used = gt_used_of(out, s->gtes);
   fresh = malloc(bytes);
   if (!fresh)
     return 0;                   /* served uncached */
@@ -544,6 +662,7 @@ gt_load(struct vmdk_sparse *s, uint64_t gt_sector, uint32_t *out)
     free(victim->entries);
     victim->entries = fresh;
     victim->sector = gt_sector;
+    victim->used = *used;
     victim->last_use = ++s->clock;
     fresh = NULL;
   }
@@ -552,121 +671,178 @@ gt_load(struct vmdk_sparse *s, uint64_t gt_sector, uint32_t *out)
   return 0;
 }
 
-/* The GT covering extent offset off: *gt_sector 0 when its GD entry is 0
- * (the whole GT span unallocated), else the table copied into out. */
+/* The GT covering extent offset off.  *gt_sector: in, the sector of the
+ * GT out already holds (0: none); out, the GD entry's (0 when the GD
+ * entry is 0: the whole span unallocated).  A GD entry naming the GT out
+ * holds is not loaded again: aliasing GD entries (legal in QEMU) cost
+ * nothing.  *used: where the GT's non-zero entries lie (empty for a GD
+ * entry 0 or a GT of zeros, wholly or partly past the end: QEMU reads
+ * zeros there).  0 or -errno. */
 static int
 gt_for(struct vmdk_sparse *s, uint64_t off, uint32_t *out,
-       uint64_t *gt_sector)
+       uint64_t *gt_sector, struct gt_used *used)
 {
   uint64_t gd_idx = off / s->gt_span;
-  uint64_t grain = off / s->grain_bytes;
+  uint64_t named;
+  int r;
 
-  if (gd_idx >= s->gd_entries) {
+  if (gd_idx >= s->gd_entries) {        /* open refuses such extents */
     log_once(s, "VMDK grain %" PRIu64 " lies beyond the grain directory "
-             "(%" PRIu64 " entries)", grain, s->gd_entries);
+             "(%" PRIu64 " entries)", off / s->grain_bytes, s->gd_entries);
     return -EINVAL;
   }
-  *gt_sector = s->gd[gd_idx];
-  if (*gt_sector == 0)
+  named = s->gd[gd_idx];
+  if (named != 0 && named == *gt_sector)
+    return 0;                   /* *used still describes it */
+  if (named == 0) {
+    *gt_sector = 0;
+    *used = (struct gt_used) { 0, 0 };
     return 0;
-  if (!inside(s, *gt_sector * SECTOR, (uint64_t) s->gtes * 4)) {
-    log_once(s, "VMDK grain %" PRIu64 ": its grain table (sector %" PRIu64
-             ") lies past the end of the extent", grain, *gt_sector);
-    return -EINVAL;
   }
-  return gt_load(s, *gt_sector, out);
+  if ((r = gt_load(s, named, out, used)) < 0)
+    return r;
+  *gt_sector = named;
+  return 0;
 }
 
 /* Kind and host offset (extent bytes, grain start) of the grain with GT
- * entry gte, grain number grain.  0 or -EINVAL for an entry pointing
- * into the metadata or past the end. */
+ * entry gte (not 0), grain number grain.  As QEMU's get_cluster_offset
+ * and vmdk_read_extent: an entry pointing into the header, descriptor or
+ * tables reads their bytes (formats.md 2.8), one past the end reads
+ * zeros there (the caller splits the run at the end, lookup_run).  Only
+ * a compressed grain whose marker lies past the end is -EINVAL: QEMU
+ * inflates the zeros it reads there and fails the read too. */
 static int
 classify(struct vmdk_sparse *s, uint32_t gte, uint64_t grain,
          enum vmdk_grain_kind *kind, uint64_t *host)
 {
-  uint64_t start = grain * s->grain_bytes;
-  uint64_t need = s->capacity - start < s->grain_bytes
-                  ? s->capacity - start : s->grain_bytes;
-
   *host = 0;
-  if (gte == 0) {
-    *kind = VMDK_GRAIN_UNALLOCATED;
-    return 0;
-  }
   if (gte == 1 && s->zeroed_grain) {
     *kind = VMDK_GRAIN_ZERO;
     return 0;
   }
   *host = (uint64_t) gte * SECTOR;
-  if (*host < s->meta_end
-      || (*host < s->gd_offset + s->gd_entries * 4
-          && *host + (s->compressed ? 1 : need) > s->gd_offset)) {
-    log_once(s, "VMDK grain %" PRIu64 " points into the extent's header "
-             "or tables (sector %" PRIu32 ")", grain, gte);
-    return -EINVAL;
-  }
+  *kind = s->compressed ? VMDK_GRAIN_COMPRESSED : VMDK_GRAIN_DATA;
   /* A compressed grain needs at least its marker; its length is checked
    * when it is read. */
-  if (!inside(s, *host, s->compressed ? (s->markers ? MARKER_BYTES : 1)
-              : need)) {
-    log_once(s, "VMDK grain %" PRIu64 " lies past the end of the extent "
-             "(sector %" PRIu32 ")", grain, gte);
+  if (s->compressed
+      && !inside(s, *host, s->markers ? MARKER_BYTES : 1)) {
+    log_once(s, "VMDK compressed grain %" PRIu64 " lies past the end of "
+             "the extent (sector %" PRIu32 ")", grain, gte);
     return -EINVAL;
   }
-  *kind = s->compressed ? VMDK_GRAIN_COMPRESSED : VMDK_GRAIN_DATA;
   return 0;
 }
+
+/* The kind of the extent from pos (inside span, whose GT is gt with
+ * non-zero part used) up to *next (in: the end of pos's grain; out: where
+ * the kind may change, at most the end of what is known), and for DATA
+ * the extent offset of pos's byte in *at (of pos's byte in its stored
+ * compressed grain for COMPRESSED).  A verbatim grain reaching past the
+ * extent's end is DATA up to the end and PAST_END from there (zeros, as
+ * QEMU's file layer zero-fills it, formats.md 1.1; data in its map). */
+static int
+kind_at(struct vmdk_sparse *s, uint64_t pos, uint64_t gt_sector,
+        const uint32_t *gt, struct gt_used used, uint64_t end,
+        uint64_t *next, enum vmdk_grain_kind *kind, uint64_t *at)
+{
+  uint64_t span = pos / s->gt_span, grain = pos / s->grain_bytes;
+  uint32_t idx = (uint32_t) (grain % s->gtes);
+  uint64_t h;
+  int r;
+
+  *at = 0;
+  *kind = VMDK_GRAIN_UNALLOCATED;
+  if (used.lo == used.hi) {
+    /* A zero GT: skip the GD entries after it that are 0 or name the
+     * same GT without loading anything (review 12 F5). */
+    uint64_t stop = (end - 1) / s->gt_span + 1, last = span + 1;
+    while (last < stop && last < s->gd_entries
+           && (s->gd[last] == 0 || s->gd[last] == gt_sector))
+      last++;
+    *next = last * s->gt_span;
+    return 0;
+  }
+  if (idx < used.lo || idx >= used.hi) {
+    *next = (span * s->gtes + (idx < used.lo ? used.lo : s->gtes))
+            * s->grain_bytes;
+    return 0;
+  }
+  if (gt[idx] == 0)
+    return 0;
+  if ((r = classify(s, gt[idx], grain, kind, &h)) < 0)
+    return r;
+  if (h == 0)
+    return 0;
+  *at = h + pos % s->grain_bytes;
+  if (*kind == VMDK_GRAIN_DATA && *at >= s->length) {
+    *kind = VMDK_GRAIN_PAST_END;
+    *at = 0;
+  } else if (*kind == VMDK_GRAIN_DATA && *next - pos > s->length - *at) {
+    *next = pos + (s->length - *at);
+  }
+  return 0;
+}
+
+/* GTs one lookup may load before it returns what it has: a bound on the
+ * work of one read, block_status or map call (review 12 F5). */
+#define LOOKUP_GT_LOADS 1024
 
 /* vmdk_sparse_lookup, with *at the extent offset (base not added) of
  * off's byte in the file for DATA, of off's byte in its compressed grain's
  * stored start for COMPRESSED (the grain's offset plus off's offset in
- * the grain: the caller takes the latter away), 0 else. */
+ * the grain: the caller takes the latter away), 0 else.  The run may be
+ * shorter than the kind's true extent: after LOOKUP_GT_LOADS GT loads
+ * it stops; callers loop. */
 static int
 lookup_run(struct vmdk_sparse *s, uint64_t off, uint64_t len,
            uint64_t *run, enum vmdk_grain_kind *kind, uint64_t *at)
 {
   uint32_t gt[COWD_GTES];
+  struct gt_used used = { 0, 0 };
   uint64_t gt_sector = 0, loaded_span = UINT64_MAX;
   uint64_t pos = off, end, first_host = 0;
+  unsigned loads = 0;
   bool first = true;
 
   if (off >= s->capacity || len == 0)
     return -EINVAL;
   end = len < s->capacity - off ? off + len : s->capacity;
   while (pos < end) {
-    uint64_t span = pos / s->gt_span, grain = pos / s->grain_bytes;
-    uint64_t grain_end = (grain + 1) * s->grain_bytes;
+    uint64_t span = pos / s->gt_span;
+    uint64_t next = (pos / s->grain_bytes + 1) * s->grain_bytes;
     enum vmdk_grain_kind k;
     uint64_t h;
     int r;
 
     if (span != loaded_span) {
-      r = gt_for(s, pos, gt, &gt_sector);
+      uint64_t had = gt_sector;
+      if (!first && loads >= LOOKUP_GT_LOADS)
+        break;
+      r = gt_for(s, pos, gt, &gt_sector, &used);
       if (r < 0) {
         if (first)
           return r;
         break;                  /* report the good part first */
       }
+      loads += gt_sector != 0 && gt_sector != had;
       loaded_span = span;
     }
-    if (gt_sector == 0) {
-      k = VMDK_GRAIN_UNALLOCATED;
-      h = 0;
-      grain_end = (span + 1) * s->gt_span;
-    } else if ((r = classify(s, gt[grain % s->gtes], grain, &k, &h)) < 0) {
+    r = kind_at(s, pos, gt_sector, gt, used, end, &next, &k, &h);
+    if (r < 0) {
       if (first)
         return r;
       break;
     }
     if (first) {
       *kind = k;
-      first_host = h ? h + pos % s->grain_bytes : 0;
+      first_host = h;
       first = false;
     } else if (k != *kind
                || (k == VMDK_GRAIN_DATA && h != first_host + (pos - off))) {
       break;
     }
-    pos = grain_end < end ? grain_end : end;
+    pos = next < end ? next : end;
   }
   *run = pos - off;
   *at = first_host;
@@ -688,29 +864,30 @@ vmdk_sparse_lookup(struct vmdk_sparse *s, uint64_t off, uint64_t len,
 /* ---- compressed grains ---------------------------------------------- */
 
 /* Inflate the zlib stream of in_len bytes at in into out (out_len bytes):
- * *got = bytes it inflated to.  As QEMU's uncompress() call (the stream
- * must end, Adler-32 checked, bytes after it ignored), but in one
- * inflate(Z_FINISH): zlib then needs no 32 KiB window (uncompress's
- * Z_NO_FLUSH loop allocates and fills one for every grain).  Z_OK or a
- * zlib error. */
+ * *got = bytes it inflated to.  As QEMU's uncompress() call (RFC 1950
+ * header and Adler-32 checked, the stream must end within out_len, bytes
+ * after it ignored), with libdeflate: it inflates a whole buffer at once,
+ * in half the CPU time of zlib's inflate (perf, 64 KiB grains).  zlib
+ * could stop at the end of the bytes a read wants, saving half an inflate
+ * on average for random reads only; libdeflate saves as much on every
+ * grain.  0, -ENOMEM, or -EINVAL for a bad stream. */
 static int
 inflate_all(const uint8_t *in, uint64_t in_len, uint8_t *out,
             uint64_t out_len, uint32_t *got)
 {
-  z_stream z;
-  int r;
+  struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
+  size_t in_used, out_used = 0;
+  enum libdeflate_result r;
 
-  memset(&z, 0, sizeof z);
-  if (inflateInit(&z) != Z_OK)
-    return Z_MEM_ERROR;
-  z.next_in = (Bytef *) in;
-  z.avail_in = (uInt) in_len;           /* both <= 2 GiB: open checks */
-  z.next_out = out;
-  z.avail_out = (uInt) out_len;
-  r = inflate(&z, Z_FINISH);
-  *got = (uint32_t) z.total_out;
-  inflateEnd(&z);
-  return r == Z_STREAM_END ? Z_OK : r == Z_OK ? Z_BUF_ERROR : r;
+  if (!d)
+    return -ENOMEM;
+  /* Passing in_used lets bytes follow the stream, out_used lets it end
+   * short of out_len: both as uncompress(). */
+  r = libdeflate_zlib_decompress_ex(d, in, in_len, out, out_len,
+                                    &in_used, &out_used);
+  libdeflate_free_decompressor(d);
+  *got = (uint32_t) out_used;           /* <= grain_bytes: open checks */
+  return r == LIBDEFLATE_SUCCESS ? 0 : -EINVAL;
 }
 
 /* Read and inflate the compressed grain at extent offset host into out
@@ -718,8 +895,12 @@ inflate_all(const uint8_t *in, uint64_t in_len, uint8_t *out,
  * with the marker's size checked against the buffer and the file.  QEMU
  * reads 2 grains' bytes whatever the marker says; with markers we read a
  * grain and a sector first (what deflate makes of a whole grain of
- * incompressible data still fits) and the rest only when the marker asks
- * for it: half the copying for the same checks. */
+ * incompressible data still fits), at most MARKER_FIRST_READ bytes, and
+ * the rest only when the marker asks for it: half the copying for the
+ * same checks, and a damaged grain of a large granularity costs one
+ * small read, not 2 grains' worth (fuzz-vmdk-read timed out on 16 MiB
+ * grains whose every read failed).  Without markers the stream's length
+ * is unknown: 2 grains' bytes, as QEMU. */
 static int
 inflate_grain(struct vmdk_sparse *s, uint64_t host, uint64_t grain,
               uint8_t *out, uint32_t *out_len)
@@ -727,15 +908,23 @@ inflate_grain(struct vmdk_sparse *s, uint64_t host, uint64_t grain,
   uint64_t want = 2 * s->grain_bytes;
   uint64_t avail = s->length - host;    /* host < length: classify */
   size_t got = want < avail ? want : avail;
-  size_t first = s->markers && got > s->grain_bytes + SECTOR
-                 ? s->grain_bytes + SECTOR : got;
-  uint8_t *cbuf = malloc(got);
-  const uint8_t *data = cbuf;
+  size_t first = got;
+  uint8_t *cbuf;
+  const uint8_t *data;
   uint64_t data_len = got < s->grain_bytes ? got : s->grain_bytes;
   int r;
 
+  if (s->markers) {
+    uint64_t f = s->grain_bytes + SECTOR;
+    if (f > MARKER_FIRST_READ)
+      f = MARKER_FIRST_READ;
+    if (first > f)
+      first = (size_t) f;
+  }
+  cbuf = malloc(first);
   if (!cbuf)
     return -ENOMEM;
+  data = cbuf;
   r = extent_pread(s, cbuf, first, host);
   if (r < 0)
     goto out;
@@ -748,23 +937,63 @@ inflate_grain(struct vmdk_sparse *s, uint64_t host, uint64_t grain,
       r = -EINVAL;
       goto out;
     }
-    if (MARKER_BYTES + (uint64_t) size > first
-        && (r = extent_pread(s, cbuf + first,
-                             MARKER_BYTES + size - first, host + first)) < 0)
-      goto out;
+    if (MARKER_BYTES + (uint64_t) size > first) {
+      uint8_t *more = realloc(cbuf, MARKER_BYTES + (size_t) size);
+      if (!more) {
+        r = -ENOMEM;
+        goto out;
+      }
+      cbuf = more;
+      r = extent_pread(s, cbuf + first, MARKER_BYTES + size - first,
+                       host + first);
+      if (r < 0)
+        goto out;
+    }
     data = cbuf + MARKER_BYTES;
     data_len = size;
   }
-  if (inflate_all(data, data_len, out, s->grain_bytes, out_len) != Z_OK) {
+  r = inflate_all(data, data_len, out, s->grain_bytes, out_len);
+  if (r == -EINVAL)
     log_once(s, "VMDK grain %" PRIu64 ": bad compressed data (sector %"
              PRIu64 ")", grain, host / SECTOR);
-    r = -EINVAL;
-    goto out;
-  }
-  r = 0;
 out:
   free(cbuf);
   return r;
+}
+
+/* A grain_bytes buffer to inflate a missed grain into: the one the cache
+ * last evicted (or a failed inflate left), else a new one; NULL when out
+ * of memory.  Grains of 128 KiB and more make every malloc an mmap and
+ * every free a munmap, with page faults in between: a reader with cache
+ * slots keeps one buffer beyond them instead (one per reader: one grain
+ * over its share of the budget). */
+static uint8_t *
+take_grain_buffer(struct vmdk_sparse *s)
+{
+  uint8_t *p;
+
+  pthread_mutex_lock(&s->lock);
+  p = s->spare;
+  s->spare = NULL;
+  pthread_mutex_unlock(&s->lock);
+  return p ? p : malloc(s->grain_bytes);
+}
+
+/* Give back a buffer of take_grain_buffer or of the cache (NULL: none):
+ * kept as the spare if there is none and the reader has cache slots,
+ * else freed. */
+static void
+give_grain_buffer(struct vmdk_sparse *s, uint8_t *p)
+{
+  if (!p)
+    return;
+  pthread_mutex_lock(&s->lock);
+  if (!s->spare && s->nz > 0) {
+    s->spare = p;
+    p = NULL;
+  }
+  pthread_mutex_unlock(&s->lock);
+  free(p);
 }
 
 /* Copy n bytes at byte skip of the compressed grain number grain (stored
@@ -802,12 +1031,12 @@ read_compressed(struct vmdk_sparse *s, uint64_t host, uint64_t grain,
     r = len == n ? 0 : -EINVAL;
     goto checked;
   }
-  data = malloc(s->grain_bytes);
+  data = take_grain_buffer(s);
   if (!data)
     return -ENOMEM;
   r = inflate_grain(s, host, grain, data, &len);
   if (r < 0) {
-    free(data);
+    give_grain_buffer(s, data);
     return r;
   }
   r = skip + n <= len ? 0 : -EINVAL;
@@ -815,7 +1044,7 @@ read_compressed(struct vmdk_sparse *s, uint64_t host, uint64_t grain,
     memcpy(buf, data + skip, n);
 
   pthread_mutex_lock(&s->lock);
-  victim = &s->z[0];
+  victim = s->nz > 0 ? &s->z[0] : NULL;  /* 0 slots: a shared budget */
   for (size_t i = 0; i < s->nz; i++) {
     if (s->z[i].host == host) {
       victim = NULL;
@@ -833,7 +1062,7 @@ read_compressed(struct vmdk_sparse *s, uint64_t host, uint64_t grain,
     data = old;
   }
   pthread_mutex_unlock(&s->lock);
-  free(data);
+  give_grain_buffer(s, data);
 checked:
   if (r < 0)
     log_once(s, "VMDK grain %" PRIu64 " inflates to fewer bytes than "
@@ -858,6 +1087,7 @@ vmdk_sparse_read(struct vmdk_sparse *s, void *buf, size_t len, uint64_t off)
     switch (kind) {
     case VMDK_GRAIN_UNALLOCATED:
     case VMDK_GRAIN_ZERO:
+    case VMDK_GRAIN_PAST_END:
       memset(p, 0, run);
       break;
     case VMDK_GRAIN_DATA:
@@ -885,12 +1115,12 @@ vmdk_sparse_read(struct vmdk_sparse *s, void *buf, size_t len, uint64_t off)
 static uint64_t
 count_grains(struct vmdk_sparse *s, uint64_t gt_sector, uint32_t *gt)
 {
+  struct gt_used used;
   uint64_t n = 0;
 
-  if (!inside(s, gt_sector * SECTOR, (uint64_t) s->gtes * 4)
-      || gt_load(s, gt_sector, gt) < 0)
+  if (gt_load(s, gt_sector, gt, &used) < 0)
     return 0;
-  for (uint32_t i = 0; i < s->gtes; i++)
+  for (uint32_t i = used.lo; i < used.hi; i++)
     n += gt[i] > 1 || (gt[i] == 1 && !s->zeroed_grain);
   return n;
 }
@@ -954,6 +1184,7 @@ vmdk_sparse_close(struct vmdk_sparse *s)
   for (size_t i = 0; i < s->nz; i++)
     free(s->z[i].data);
   free(s->z);
+  free(s->spare);
   free(s->gd);
   free(s->path);
   pthread_mutex_destroy(&s->lock);

@@ -44,6 +44,11 @@ struct vmdk_sparse_params {
                          * nothing past it is ever read; a stream footer is
                          * looked for at length - 1024 */
   uint64_t zcache_bytes;/* decompressed-grain cache budget (0: default) */
+  uint64_t *gd_budget;  /* in/out, or NULL: bytes of grain directory the
+                         * caller's disk may still hold; the GD's size is
+                         * taken off it, and a GD larger than what is left
+                         * is -E2BIG, not logged (the caller names the
+                         * disk's cap) and nothing is allocated */
 };
 
 /* What a run of an extent holds (vmdk_sparse_lookup). */
@@ -54,6 +59,11 @@ enum vmdk_grain_kind {
                            * zeros, never the parent's */
   VMDK_GRAIN_DATA,        /* stored verbatim at *host in the file */
   VMDK_GRAIN_COMPRESSED,  /* a compressed grain: read with vmdk_sparse_read */
+  VMDK_GRAIN_PAST_END,    /* an allocated verbatim grain (or its part)
+                           * past the extent's end: data for block status
+                           * (as QEMU's vmdk_co_block_status, which does
+                           * not look at the file), zeros when read (its
+                           * file layer zero-fills past EOF); no *host */
 };
 
 /* Open the sparse extent at p->base of p->fd: check the magic ("KDMV" or
@@ -84,9 +94,12 @@ int vmdk_sparse_descriptor(struct vmdk_sparse *s, size_t max_len,
 /* What the run at off (< capacity) holds: its length (> 0, at most len,
  * never crossing a grain of another kind) in *run, its kind in *kind and,
  * for VMDK_GRAIN_DATA, its host offset in *host (bytes of the file, base
- * added; the whole run lies inside base + length).  A GT entry pointing
- * past the extent's end or into its metadata is -EINVAL (logged once), not
- * zeros.  0 or -errno. */
+ * added; the whole run lies inside base + length).  As QEMU reads a
+ * damaged extent: a GT past the end is unallocated, a grain pointing
+ * into the header or tables is DATA there, one past the end PAST_END;
+ * only a compressed grain past the end is -EINVAL (logged once; QEMU
+ * fails its read too).  The run may stop short of the kind's end (a
+ * bound on the work of one call): callers loop.  0 or -errno. */
 int vmdk_sparse_lookup(struct vmdk_sparse *s, uint64_t off, uint64_t len,
                        uint64_t *run, enum vmdk_grain_kind *kind,
                        uint64_t *host);
@@ -101,6 +114,21 @@ int vmdk_sparse_read(struct vmdk_sparse *s, void *buf, size_t len,
 
 /* Bytes of the file the extent's grains and tables use (for st_blocks). */
 uint64_t vmdk_sparse_allocated(struct vmdk_sparse *s);
+
+/* Is the extent's data compressed (streamOptimized)? */
+bool vmdk_sparse_compressed(const struct vmdk_sparse *s);
+
+/* Give a compressed extent share/th of budget bytes (0: the default,
+ * 4 MiB) for its decompressed-grain cache, dropping what it caches; for
+ * a disk whose --decompressed-cache is split over several readers.
+ * share 1 is what open does: 2 to 256 grains.  share > 1: as many
+ * grains as fit, at most 256, and none at all when not one fits (every
+ * partial read of a grain then inflates it again, as QEMU always does),
+ * so that n readers hold at most budget bytes of grains together.
+ * Not thread safe: call it between open and the first read.  Nothing to
+ * do for an uncompressed extent.  0 or -ENOMEM. */
+int vmdk_sparse_share_zcache(struct vmdk_sparse *s, uint64_t budget,
+                             unsigned share);
 
 /* --probe lines for this extent, each prefixed by indent: "version: N",
  * "grain-size: BYTES", "compressed: yes/no", "stream: yes/no" ... */

@@ -20,11 +20,22 @@
  * the delta's parentCID), and unallocated grains read from it.
  *
  * Extent files are opened by fde_chain_open_file: relative to the
- * descriptor's directory (vmdk-desc.c refuses absolute names and ".."),
- * regular files only, with the image owner's permissions; each must be
- * a file distinct from the descriptor and from every layer of the chain
- * (by dev and inode of what was opened).  Each
- * takes QEMU's reader locks, as QEMU locks every extent it opens.
+ * descriptor's directory (vmdk-desc.c refuses absolute names and "..";
+ * the open refuses a symlink leading out of it), regular files only,
+ * with the image owner's permissions; each must be a file distinct
+ * from the descriptor and from every layer of the chain (by dev and
+ * inode of what was opened).  Each takes QEMU's reader locks, as QEMU
+ * locks every extent it opens.
+ * Extent lines naming one file (the same dev and inode once opened; a
+ * descriptor's extents all start at byte 0 of their file) share its fd
+ * and, for SPARSE and VMFSSPARSE lines, one sparse reader: one grain
+ * directory, GT cache and decompressed-grain cache, where QEMU opens the
+ * file once per line.  The disk's memory is bounded whatever its extent
+ * count: --decompressed-cache is the whole disk's budget, split evenly
+ * over its distinct compressed extent files (vmdk_sparse_share_zcache),
+ * and their grain directories may take MAX_DISK_GD bytes together (QEMU
+ * caps each extent's at 32 Mi entries, 128 MiB, and the disk's not at
+ * all).
  *
  * Where we refuse what QEMU reads (each said in one line, exit 3):
  *  - a descriptor file over 1 MiB - 1 bytes (QEMU reads its start);
@@ -36,7 +47,8 @@
  *  - a parent that is not a VMDK or whose CID is not the delta's
  *    parentCID: QEMU fails only reads of unallocated grains (with
  *    EINVAL, vmdk_is_cid_valid), we refuse at open;
- *  - seSparse images and extents (QEMU reads them).
+ *  - seSparse images and extents (QEMU reads them);
+ *  - grain directories of more than MAX_DISK_GD bytes together.
  * Everything is fixed at open: the members need no lock (the sparse
  * reader locks its own caches). */
 #include <config.h>
@@ -44,6 +56,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <linux/fs.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -58,6 +71,7 @@
 #define SECTOR          512u
 #define CID_OFFSET      0x200u  /* of a sparse file: QEMU's desc_offset */
 #define MAX_DISK        ((uint64_t) INT64_MAX)
+#define MAX_DISK_GD     (UINT64_C(256) << 20)   /* bytes, all extents */
 
 struct vmdk_extent {
   enum vmdk_extent_type type;
@@ -68,6 +82,8 @@ struct vmdk_extent {
   uint64_t flat_offset;         /* FLAT, VMFS: byte of the file at start */
   uint64_t file_size;           /* FLAT, VMFS: the file's size at open */
   struct vmdk_sparse *sparse;   /* SPARSE, VMFSSPARSE */
+  bool shared_fd;               /* fd is an earlier extent's (same file) */
+  bool shared_sparse;           /* sparse is an earlier extent's */
   dev_t dev;
   ino_t ino;
 };
@@ -83,6 +99,8 @@ struct vmdk_disk {
   struct vmdk_extent *ext;
   unsigned n_ext;
   struct fde_disk *parent;      /* NULL: not a delta */
+  uint64_t gd_left;             /* bytes of grain directory the extents
+                                 * opened next may still take */
 };
 
 #define to_vmdk(d) ((struct vmdk_disk *) (d))
@@ -141,11 +159,26 @@ file_in_use(const struct fde_open_params *p, dev_t dev, ino_t ino)
   return NULL;
 }
 
-/* Open the file of extent d into e. */
+/* An extent of v before e on e's file (its dev and ino) and, with
+ * reader, one with a sparse reader; else NULL. */
+static struct vmdk_extent *
+earlier_on_file(struct vmdk_disk *v, const struct vmdk_extent *e,
+                bool reader)
+{
+  for (struct vmdk_extent *o = v->ext; o < e; o++)
+    if (o->fd >= 0 && o->dev == e->dev && o->ino == e->ino
+        && (!reader || o->sparse != NULL))
+      return o;
+  return NULL;
+}
+
+/* Open the file of extent d into e: a new fd, or an earlier extent's on
+ * the same file (this one closed again, before it is locked). */
 static int
-open_extent_file(const struct fde_open_params *p,
+open_extent_file(struct vmdk_disk *v, const struct fde_open_params *p,
                  const struct vmdk_desc_extent *d, struct vmdk_extent *e)
 {
+  struct vmdk_extent *first;
   struct stat st;
   const char *dup;
   int r;
@@ -160,6 +193,13 @@ open_extent_file(const struct fde_open_params *p,
     fde_error("%s: VMDK extent %s is %s", p->path, e->path, dup);
     return -ELOOP;
   }
+  if ((first = earlier_on_file(v, e, false)) != NULL) {
+    close(e->fd);
+    e->fd = first->fd;
+    e->shared_fd = true;
+    e->file_size = first->file_size;
+    return 0;
+  }
   if ((r = file_size(e->fd, &e->file_size)) < 0) {
     fde_error("%s: VMDK extent %s: cannot find its size: %s", p->path,
               e->path, strerror(-r));
@@ -168,19 +208,70 @@ open_extent_file(const struct fde_open_params *p,
   return fde_lock_image(e->fd, e->path, false);
 }
 
-/* A sparse extent's reader, on e->fd from base (length bytes). */
+/* A sparse extent's reader, on e->fd from base (length bytes); its
+ * grain directory taken off v's budget. */
 static int
-open_sparse(const struct fde_open_params *p, struct vmdk_extent *e,
-            uint64_t base, uint64_t length)
+open_sparse(struct vmdk_disk *v, const struct fde_open_params *p,
+            struct vmdk_extent *e, uint64_t base, uint64_t length)
 {
   struct vmdk_sparse_params sp = {
     .fd = e->fd, .path = e->path, .base = base, .length = length,
-    .zcache_bytes = p->zcache_bytes,
+    .zcache_bytes = p->zcache_bytes, .gd_budget = &v->gd_left,
   };
-  int r = vmdk_sparse_open(&sp, &e->sparse);
+  char *name = NULL;
+  int r;
 
+  /* the reader's messages name the image, and the extent file when it
+   * is another ("disk.vmdk: VMDK extent disk-s001.vmdk: ...") */
+  if (strcmp(e->path, p->path) != 0) {
+    if (asprintf(&name, "%s: VMDK extent %s", p->path, e->path) < 0)
+      return -ENOMEM;
+    sp.path = name;
+  }
+  r = vmdk_sparse_open(&sp, &e->sparse);
+  free(name);
+
+  if (r == -E2BIG)
+    fde_error("%s: VMDK extent %s: the grain directories of the image's "
+              "sparse extent files would take more than %" PRIu64 " MiB",
+              p->path, e->path, MAX_DISK_GD >> 20);
   if (r == 0)
     e->size = vmdk_sparse_capacity(e->sparse);
+  return r;
+}
+
+/* A sparse extent line: the reader of an earlier line on the same file
+ * (the same bytes: a descriptor's extents start at byte 0), else a new
+ * one. */
+static int
+open_sparse_line(struct vmdk_disk *v, const struct fde_open_params *p,
+                 struct vmdk_extent *e)
+{
+  struct vmdk_extent *first = earlier_on_file(v, e, true);
+
+  if (first == NULL)
+    return open_sparse(v, p, e, 0, e->file_size);
+  e->sparse = first->sparse;
+  e->shared_sparse = true;
+  e->size = first->size;
+  return 0;
+}
+
+/* --decompressed-cache is the disk's: split evenly over its distinct
+ * compressed readers when there are several (one keeps what open gave
+ * it). */
+static int
+share_zcache(struct vmdk_disk *v, const struct fde_open_params *p)
+{
+  unsigned n = 0;
+  int r = 0;
+
+  for (unsigned i = 0; i < v->n_ext; i++)
+    n += v->ext[i].sparse != NULL && !v->ext[i].shared_sparse
+         && vmdk_sparse_compressed(v->ext[i].sparse);
+  for (unsigned i = 0; i < v->n_ext && n > 1 && r == 0; i++)
+    if (v->ext[i].sparse != NULL && !v->ext[i].shared_sparse)
+      r = vmdk_sparse_share_zcache(v->ext[i].sparse, p->zcache_bytes, n);
   return r;
 }
 
@@ -208,11 +299,11 @@ add_extent(struct vmdk_disk *v, const struct fde_open_params *p,
   int r;
 
   *e = (struct vmdk_extent) { .type = d->type, .fd = -1, .start = *total };
-  r = open_extent_file(p, d, e);
+  r = open_extent_file(v, p, d, e);
   if (r == 0 && (d->type == VMDK_EXT_FLAT || d->type == VMDK_EXT_VMFS)) {
     e->size = d->sectors * SECTOR;
     e->flat_offset = d->offset * SECTOR;
-  } else if (r == 0 && (r = open_sparse(p, e, 0, e->file_size)) == 0
+  } else if (r == 0 && (r = open_sparse_line(v, p, e)) == 0
              && is_descriptor(e->sparse)) {
     fde_error("%s: VMDK extent %s is a descriptor (a descriptor cannot "
               "name another)", p->path, e->path);
@@ -243,7 +334,7 @@ open_extents(struct vmdk_disk *v, const struct fde_open_params *p,
   for (unsigned i = 0; i < desc->n_ext && r == 0; i++)
     r = add_extent(v, p, &desc->ext[i], &total);
   v->disk.size = total;
-  return r;
+  return r < 0 ? r : share_zcache(v, p);
 }
 
 /* ---- Opening: the descriptor and the parent ----------------------------- */
@@ -355,7 +446,7 @@ open_sparse_file(struct vmdk_disk *v, const struct fde_open_params *p,
   v->n_ext = 1;
   if ((e->path = strdup(p->path)) == NULL)
     return -ENOMEM;
-  if ((r = open_sparse(p, e, v->base, v->length)) < 0)
+  if ((r = open_sparse(v, p, e, v->base, v->length)) < 0)
     return r;
   v->disk.size = e->size;
   if (is_descriptor(e->sparse))
@@ -413,9 +504,10 @@ open_parent(struct vmdk_disk *v, const struct fde_open_params *p,
   if ((r = fde_chain_open_backing(p, hint, NULL, "parent", &v->parent)) < 0)
     return r;
   if (v->parent->format != &fde_format_vmdk) {
-    fde_error("%s: VMDK parent %s is a %s image, not a VMDK (it has no "
+    fde_error("%s: VMDK parent %s is %s %s image, not a VMDK (it has no "
               "CID to match parentCID)", p->path, v->parent->path,
-              v->parent->format->name);
+              fde_article(fde_format_title(v->parent->format)),
+              fde_format_title(v->parent->format));
     return -EINVAL;
   }
   if (to_vmdk(v->parent)->cid != v->parent_cid) {
@@ -615,9 +707,9 @@ free_disk(struct vmdk_disk *v)
   fde_disk_close(v->parent);
   for (unsigned i = 0; i < v->n_ext; i++) {
     struct vmdk_extent *e = &v->ext[i];
-    if (e->sparse != NULL)
+    if (e->sparse != NULL && !e->shared_sparse)
       vmdk_sparse_close(e->sparse);
-    if (!e->own && e->fd >= 0)
+    if (!e->own && !e->shared_fd && e->fd >= 0)
       close(e->fd);
     free(e->path);
   }
@@ -683,6 +775,7 @@ vmdk_open(const struct fde_open_params *p, struct fde_disk **out)
   v->disk.format = &fde_format_vmdk;
   v->disk.read_only = true;
   v->fd = p->fd;
+  v->gd_left = MAX_DISK_GD;
   if (p->snapshot != NULL) {
     fde_error("%s: VMDK images have no snapshots (--snapshot=%s)", p->path,
               p->snapshot);
@@ -713,8 +806,9 @@ vmdk_allocated_bytes(struct fde_disk *d)
   struct vmdk_disk *v = to_vmdk(d);
   uint64_t sum = v->text ? fde_file_allocated(v->fd) : 0;
 
-  for (unsigned i = 0; i < v->n_ext; i++)
-    sum += v->ext[i].sparse != NULL ? vmdk_sparse_allocated(v->ext[i].sparse)
+  for (unsigned i = 0; i < v->n_ext; i++)      /* each file once */
+    sum += v->ext[i].shared_fd ? 0 : v->ext[i].sparse != NULL
+      ? vmdk_sparse_allocated(v->ext[i].sparse)
       : fde_file_allocated(v->ext[i].fd);
   return sum;
 }

@@ -42,6 +42,7 @@
 
 #include "chain.h"
 #include "format.h"
+#include "utf16.h"
 
 #define SECTOR            512u
 #define FOOTER_SIZE       512u    /* "Hard Disk Footer Format" */
@@ -457,68 +458,15 @@ load_bat(struct vpc_disk *v)
 
 /* ---- Opening: the parent of a differencing disk ------------------------ */
 
-/* Append code point c to out as UTF-8. */
-static void
-put_utf8(char **out, uint32_t c)
-{
-  char *o = *out;
-
-  if (c < 0x80) {
-    *o++ = (char) c;
-  } else if (c < 0x800) {
-    *o++ = (char) (0xc0 | c >> 6);
-    *o++ = (char) (0x80 | (c & 0x3f));
-  } else if (c < 0x10000) {
-    *o++ = (char) (0xe0 | c >> 12);
-    *o++ = (char) (0x80 | (c >> 6 & 0x3f));
-    *o++ = (char) (0x80 | (c & 0x3f));
-  } else {
-    *o++ = (char) (0xf0 | c >> 18);
-    *o++ = (char) (0x80 | (c >> 12 & 0x3f));
-    *o++ = (char) (0x80 | (c >> 6 & 0x3f));
-    *o++ = (char) (0x80 | (c & 0x3f));
-  }
-  *out = o;
-}
-
-/* A UTF-16 code unit, big or little endian. */
-static uint32_t
-get_u16(const uint8_t *p, bool big)
-{
-  return big ? get_be16(p) : (uint32_t) (p[0] | p[1] << 8);
-}
-
-/* UTF-16 (len bytes, big or little endian) up to its first NUL, as a
- * malloc'd UTF-8 string in *out; NULL (and 0) for an unpaired surrogate
- * (the name is then unusable).  -ENOMEM. */
+/* A name of len bytes of UTF-16 as a malloc'd UTF-8 string in *name, up
+ * to its first NUL; NULL (and 0) when it is no valid UTF-16 (the name is
+ * then unusable, as libvhdi treats it).  -ENOMEM. */
 static int
-utf16_to_utf8(const uint8_t *in, size_t len, bool big, char **out)
+utf16_name(const uint8_t *in, size_t len, bool big, char **name)
 {
-  char *o = malloc(len / 2 * 3 + 1);
+  int r = fde_utf16_to_utf8(in, len, big, FDE_UTF16_NUL_ENDS, name);
 
-  *out = o;
-  if (o == NULL)
-    return -ENOMEM;
-  for (size_t i = 0; i + 1 < len; i += 2) {
-    uint32_t c = get_u16(in + i, big);
-    if (c == 0)
-      break;
-    if (c >= 0xd800 && c < 0xdc00 && i + 3 < len) {
-      uint32_t lo = get_u16(in + i + 2, big);
-      if (lo >= 0xdc00 && lo < 0xe000) {
-        c = 0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00);
-        i += 2;
-      }
-    }
-    if (c >= 0xd800 && c < 0xe000) {
-      free(*out);
-      *out = NULL;
-      return 0;
-    }
-    put_utf8(&o, c);
-  }
-  *o = '\0';
-  return 0;
+  return r == -EINVAL ? 0 : r;
 }
 
 /* A Windows path made a POSIX one: backslashes become slashes.  A drive
@@ -588,7 +536,7 @@ locator_name(struct vpc_disk *v, const uint8_t *hdr, uint32_t code,
       if ((*name = strdup((char *) raw)) == NULL)
         r = -ENOMEM;
     } else
-      r = utf16_to_utf8(raw, len, false, name);
+      r = utf16_name(raw, len, false, name);
     free(raw);
   }
   return r;
@@ -620,7 +568,7 @@ parent_name(struct vpc_disk *v, const uint8_t *hdr, char **name)
     free(*name);
     *name = NULL;
   }
-  if ((r = utf16_to_utf8(hdr + 64, 512, true, name)) < 0)
+  if ((r = utf16_name(hdr + 64, 512, true, name)) < 0)
     return r;
   if (*name != NULL) {
     for (char *c = *name; *c != '\0'; c++)

@@ -14,10 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/vfs.h>
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,6 +75,11 @@ identify_image(struct export *exp, int fd, struct fde_format_match *m)
     return EXIT_FAIL;
   }
   *m = fde_format_identify(head, sizeof head, fd);
+  if (m->error < 0) {
+    fde_error("%s: reading its last sector to probe its format: %s",
+              exp->image, strerror(-m->error));
+    return EXIT_FAIL;
+  }
   return 0;
 }
 
@@ -273,8 +276,9 @@ choose_format(struct export *exp, const struct fde_format_match *m,
   *fmt = m->format;
   *probed_raw = exp->opts->format == NULL && *fmt == &fde_format_raw;
   if (exp->opts->disk > 0 && *fmt != &fde_format_ova) {
-    fde_error("%s: --disk=%u is for OVA appliances, and this is a %s image",
-              exp->image, exp->opts->disk, (*fmt)->name);
+    fde_error("%s: --disk=%u is for OVA appliances, and this is %s %s image",
+              exp->image, exp->opts->disk, fde_article(fde_format_title(*fmt)),
+              fde_format_title(*fmt));
     return EXIT_USAGE;
   }
   return 0;
@@ -343,32 +347,6 @@ static void
 fd_path(int fd, char *buf, size_t len)
 {
   snprintf(buf, len, "/proc/self/fd/%d", fd);
-}
-
-/* The name of the kernel's pseudo file system that fd is on, or NULL.  Its
- * files belong to the kernel (or, under /proc/PID, to one process) and
- * can vanish under a mount: a view on /proc/self/mounts goes with the
- * launcher's /proc entry, leaving neither a view nor a daemon. */
-static const char *
-pseudo_fs_of(int fd)
-{
-  static const struct { uint32_t magic; const char *name; } pseudo[] = {
-    { PROC_SUPER_MAGIC, "procfs" }, { SYSFS_MAGIC, "sysfs" },
-    { DEBUGFS_MAGIC, "debugfs" }, { TRACEFS_MAGIC, "tracefs" },
-    { SECURITYFS_MAGIC, "securityfs" }, { SELINUX_MAGIC, "selinuxfs" },
-    { SMACK_MAGIC, "smackfs" }, { CGROUP_SUPER_MAGIC, "cgroup" },
-    { CGROUP2_SUPER_MAGIC, "cgroup2" }, { BPF_FS_MAGIC, "bpf" },
-    { EFIVARFS_MAGIC, "efivarfs" }, { PSTOREFS_MAGIC, "pstore" },
-    { BINFMTFS_MAGIC, "binfmt_misc" }, { NSFS_MAGIC, "nsfs" },
-  };
-  struct statfs sfs;
-
-  if (fstatfs(fd, &sfs) == -1)
-    return NULL;
-  for (size_t i = 0; i < sizeof pseudo / sizeof pseudo[0]; i++)
-    if ((uint32_t) sfs.f_type == pseudo[i].magic)   /* 32-bit magics */
-      return pseudo[i].name;
-  return NULL;
 }
 
 /* The -P directory, opened through its O_PATH descriptor pfd: is it
@@ -454,7 +432,7 @@ resolve_mountpoint(struct export *exp)
   }
   if ((r = check_mountpoint_type(exp, target)) != 0)
     return r;
-  const char *pseudo = pseudo_fs_of(exp->mnt_pfd);
+  const char *pseudo = fde_pseudo_fs_of(exp->mnt_pfd);
   if (pseudo != NULL) {
     fde_error("%s: is on %s, a kernel pseudo file system; refusing to "
               "mount a view on it", target, pseudo);
@@ -583,9 +561,10 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   };
   r = fde_disk_open(fmt, &params, &exp->disk);
   if (r < 0) {
-    /* -EADDRINUSE: another fuse-disk-export holds the image */
-    r = r == -ENOMEM || r == -EIO ? EXIT_FAIL
-        : r == -EADDRINUSE ? EXIT_BUSY : EXIT_IMAGE;
+    /* -EADDRINUSE: another fuse-disk-export holds the image.  -ENOMEM
+     * is the image's: open allocates what its metadata asks for (the
+     * backend has said so in one line), so it is refused as too big. */
+    r = r == -EIO ? EXIT_FAIL : r == -EADDRINUSE ? EXIT_BUSY : EXIT_IMAGE;
     goto out;
   }
   fd = -1;                      /* the backend owns it now */

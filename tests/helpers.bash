@@ -53,6 +53,23 @@ common_teardown() {
     fusermount3 -u -z "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null
   done
   rm -rf "$WORK"
+  if [ -n "${FUSECTL_MOUNTED_BY_TEST:-}" ]; then
+    umount /sys/fs/fuse/connections 2>/dev/null || true
+  fi
+}
+
+# needs_fusectl: the test wants the daemon to abort a view's connection
+# through fusectl (/sys/fs/fuse/connections), which systemd mounts on
+# most machines but nothing mounts on these: mount it for this test
+# (root), and common_teardown takes it off again.
+needs_fusectl() {
+  mountpoint -q /sys/fs/fuse/connections && return 0
+  [ "$(id -u)" = 0 ] || skip "fusectl is not mounted and only root can mount it"
+  [ -d /sys/fs/fuse/connections ] ||
+    skip "no /sys/fs/fuse/connections: the fuse module has no fusectl here"
+  mount -t fusectl none /sys/fs/fuse/connections ||
+    skip "fusectl is not mounted and cannot be"
+  FUSECTL_MOUNTED_BY_TEST=1
 }
 
 # Is path a mount point right now?
@@ -171,19 +188,28 @@ stop_export() {
 # start_fg [OPTION]... IMAGE: run the program in the foreground, in the
 # background of this shell; stdout/stderr go to $WORK/fg.out / fg.err.
 # Sets FG_PID (a child: `wait $FG_PID` gives its exit status).  Waits for
-# the last argument to become a mount point.
+# the last argument to become a mount point, then (unless -q is the first
+# argument) for the live line: the mount is visible a moment before the
+# program prints it.
 start_fg() {
   local last="${!#}"
   "$FDE" "$@" >"$WORK/fg.out" 2>"$WORK/fg.err" 3>&- &
   FG_PID=$!
   echo "$FG_PID" >"$WORK/fg-$FG_PID.pid"
-  local target
+  local target i
   target=$(readlink -f "${FG_MOUNT:-$last}")
   wait_mounted "$target" || {
     echo "# stdout: $(cat "$WORK/fg.out")" >&2
     echo "# stderr: $(cat "$WORK/fg.err")" >&2
     return 1
   }
+  [ "$1" != -q ] || return 0
+  for i in $(seq 100); do
+    ! grep -q 'press ^C to revert' "$WORK/fg.out" || return 0
+    sleep 0.1
+  done
+  echo "# no live line; stdout: $(cat "$WORK/fg.out")" >&2
+  return 1
 }
 
 # make_dos_image FILE SIZE_MIB: a raw disk with a dos partition table and

@@ -220,6 +220,7 @@ user_dir() {
 }
 
 @test "root: a mount stacked on the view: no hang, the connection is aborted, a message" {
+  needs_fusectl
   mkdir dir
   make_qcow2 dir/a.qcow2
   echo "on top" >top
@@ -312,6 +313,7 @@ user_dir() {
 }
 
 @test "user: a failing fusermount3 is reported as it failed, not as busy; no hang" {
+  needs_fusectl
   user_dir
   make_qcow2 u/dir/a.qcow2
   chown "$TEST_USER": u/dir/a.qcow2

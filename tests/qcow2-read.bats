@@ -558,6 +558,34 @@ expect_refused() {
   expect_refused top.qcow2 "regular file|block" -r --allow-block-device-backing
 }
 
+# QEMU opens any of these; we refuse files on the kernel's pseudo file
+# systems (as for a mount point: src/export.c) and names that pass through
+# a /proc magic link (formats/owner.c, openat2 RESOLVE_NO_MAGICLINKS).
+@test "a backing file on procfs or sysfs, or reached through a /proc magic link, is refused; a symlink out of the directory is followed as QEMU follows it" {
+  qemu-img create -q -f qcow2 -b /proc/version -F raw -u proc.qcow2 16M
+  expect_refused proc.qcow2 "/proc/version is on procfs" -r
+  ln -s /proc/self/status status-link
+  qemu-img create -q -f qcow2 -b status-link -F raw -u plink.qcow2 16M
+  expect_refused plink.qcow2 "status-link is on procfs" -r
+  if [ -r /sys/kernel/uevent_seqnum ]; then
+    qemu-img create -q -f qcow2 -b /sys/kernel/uevent_seqnum -F raw -u sys.qcow2 16M
+    expect_refused sys.qcow2 "uevent_seqnum is on sysfs" -r
+  fi
+  # /proc/self/cwd is a magic link (to $WORK when the name is opened)
+  head -c $((1 << 20)) /dev/urandom >base.raw
+  qemu-img create -q -f qcow2 -b /proc/self/cwd/base.raw -F raw -u magic.qcow2 1M
+  expect_refused magic.qcow2 "magic link" -r
+  # the control: a backing file through a symlink that leaves the
+  # directory (QEMU allows absolute and ../ names: so do we)
+  mkdir sub
+  ln -s ../base.raw sub/up-link
+  qemu-img create -q -f qcow2 -b up-link -F raw sub/top.qcow2 1M
+  qemu-img convert -O raw sub/top.qcow2 "$WORK/oracle.raw"
+  start_export -r sub/top.qcow2
+  cmp sub/top.qcow2 "$WORK/oracle.raw" || fail "the view differs from qemu-img convert"
+  stop_export
+}
+
 @test "a block device backing file needs --allow-block-device-backing" {
   requires_root
   requires losetup

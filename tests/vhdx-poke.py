@@ -28,6 +28,8 @@ cannot (differencing disks, 4096-byte logical sectors, logs to replay).
       entry that must not be replayed (it zeroes block 0 entirely); --wrap
       puts the sequence at the log's end, its second entry wrapping round.
   log-outside IMG    a valid one-entry log whose data sector lies past EOF
+  log-bad-descriptor IMG   a one-entry log (CRC right) whose data
+                     descriptor's file offset is not 4 KiB-aligned
   bad-header IMG 1|2       flip a byte of header 1 or 2 (CRC left stale)
   bad-region IMG 1|2       flip a byte of region table 1 or 2
   region-overlap IMG       the metadata region moved onto the BAT region
@@ -422,6 +424,18 @@ def log_outside(path):
     open(path, "wb").write(img)
 
 
+def log_bad_descriptor(path):
+    """A one-entry log, its CRC right, whose data descriptor's FileOffset
+    is not 4 KiB-aligned: QEMU's vhdx_log_desc_is_valid fails the open."""
+    img = bytearray(open(path, "rb").read())
+    log_guid = uuid.uuid4().bytes_le
+    log_off, log_len = set_log_guid(img, log_guid)
+    e = log_entry(5, log_guid, 0, [("data", 4 * MiB + 512, bytes(4096))],
+                  len(img))
+    img[log_off:log_off + len(e)] = e
+    open(path, "wb").write(img)
+
+
 # ---- small edits -------------------------------------------------------------------
 
 def flip(path, off):
@@ -485,6 +499,8 @@ def main(argv):
         add_log(argv[2], argv[3:])
     elif cmd == "log-outside":
         log_outside(argv[2])
+    elif cmd == "log-bad-descriptor":
+        log_bad_descriptor(argv[2])
     elif cmd == "bad-header":
         flip(argv[2], (64 << 10) * int(argv[3]) + 100)
     elif cmd == "bad-region":

@@ -347,6 +347,20 @@ replayed_by_qemu() {
   $POKE log-outside logout.vhdx
   expect_refused logout.vhdx "log would write .* outside the file"
 
+  # QEMU decides: an entry whose header passes with a bad descriptor
+  # fails QEMU's open (EINVAL: not "a log that needs to be replayed"),
+  # and qemu-img check -r all cannot repair it either
+  cp good.vhdx logdesc.vhdx
+  $POKE log-bad-descriptor logdesc.vhdx
+  run qemu-img info -f vhdx logdesc.vhdx
+  assert_failure
+  [[ "$output" == *"Invalid argument"* && "$output" != *"replayed"* ]] ||
+    fail "qemu-img info: $output"
+  cp logdesc.vhdx logdesc2.vhdx
+  run qemu-img check -r all -f vhdx logdesc2.vhdx
+  assert_failure
+  expect_refused logdesc.vhdx "log entry at log offset 0: descriptor 0 is invalid \(its file offset is not a multiple of 4 KiB\)"
+
   cp good.vhdx sector.vhdx
   $POKE set-sector sector.vhdx 1024
   expect_refused sector.vhdx "sector sizes 1024 \(logical\)"

@@ -11,6 +11,12 @@ Layout: VMware "Virtual Disk Format 5.0", "Hosted Sparse Extent Header"
   vmdk-poke.py FILE desc                    print the embedded descriptor
   vmdk-poke.py FILE replace-desc OLD NEW    replace text in the embedded
                                             descriptor (NUL-padded; must fit)
+  vmdk-poke.py FILE gd INDEX [VALUE]        print (or set) grain directory
+                                            entry INDEX (a GT's sector)
+  vmdk-poke.py FILE gt GD_INDEX INDEX [VALUE]
+                                            print (or set) entry INDEX of the
+                                            GT that GD entry GD_INDEX names
+                                            (a grain's sector)
   vmdk-poke.py FILE embed TEXTFILE          make FILE's embedded descriptor
                                             the text of TEXTFILE and its
                                             capacity 0 (QEMU then reads it as
@@ -84,6 +90,20 @@ def main():
                 sys.exit("the new descriptor does not fit")
             f.seek(off)
             f.write(text + b"\0" * (size - len(text)))
+        elif cmd in ("gd", "gt"):
+            # u32 LE sector numbers (formats.md 2.3)
+            h = read_header(f)
+            off = field(h, "gd_offset") * 512 + 4 * int(args[0], 0)
+            if cmd == "gt":
+                f.seek(off)
+                off = struct.unpack("<I", f.read(4))[0] * 512 + 4 * int(args[1], 0)
+                args = args[1:]
+            if len(args) > 1:
+                f.seek(off)
+                f.write(struct.pack("<I", int(args[1], 0)))
+            else:
+                f.seek(off)
+                print(struct.unpack("<I", f.read(4))[0])
         elif cmd == "embed":
             off, size = desc_area(f)
             text = open(args[0], "rb").read()

@@ -305,13 +305,65 @@ flat_desc() {
   expect_refused sub/up.vmdk "'../tmpl-flat.vmdk' is absolute or goes up"
   flat_desc devnull.vmdk 'RW 2048 FLAT "/dev/null" 0'
   expect_refused devnull.vmdk "'/dev/null' is absolute"
-  # a name in the directory that is a device, or a symlink to one
-  ln -s /dev/null null-link
-  flat_desc link.vmdk 'RW 2048 FLAT "null-link" 0'
-  expect_refused link.vmdk "null-link.*(not a regular file|regular)"
+  # a name in the directory that is a device (a symlink to one leaves
+  # the directory: the next test)
+  if mknod null-dev c 1 3 2>/dev/null; then
+    flat_desc dev.vmdk 'RW 2048 FLAT "null-dev" 0'
+    expect_refused dev.vmdk "null-dev.*(not a regular file|regular)"
+  fi
   mkfifo fifo
   flat_desc fifo.vmdk 'RW 2048 FLAT "fifo" 0'
   expect_refused fifo.vmdk "fifo.*(not a regular file|regular)"
+}
+
+# QEMU follows any symbolic link; we open an extent with openat2
+# RESOLVE_BENEATH from the descriptor's directory (formats/owner.c), so a
+# root-owned descriptor unpacked from a tar cannot name /etc/shadow
+# through a symlink.  Links that stay inside the directory still work,
+# and read as qemu-img convert reads them.
+@test "an extent symlink that stays in the descriptor's directory reads as qemu-img convert; one leading out (/etc/shadow, a directory link, ../, /proc) is refused" {
+  mkdir -p d/data
+  qemu-img create -q -f vmdk -o subformat=monolithicFlat d/tmpl.vmdk 1M
+  qemu-io -f vmdk -c 'write -P 0x5a 4096 300000' d/tmpl.vmdk >/dev/null
+  mv d/tmpl-flat.vmdk d/data/flat.img
+  ln -s data/flat.img d/in-link
+  ln -s data d/dir-link
+  sed 's|^RW .*|RW 2048 FLAT "in-link" 0|' d/tmpl.vmdk >d/in.vmdk
+  sed 's|^RW .*|RW 2048 FLAT "dir-link/flat.img" 0|' d/tmpl.vmdk >d/indir.vmdk
+  check_view d/in.vmdk
+  cmp -s "$WORK/expect.raw" d/data/flat.img || fail "qemu-img does not read the linked extent"
+  check_view d/indir.vmdk
+  local name
+  ln -s /etc/shadow d/shadow-link
+  ln -s /etc d/etc-link
+  cp d/data/flat.img outside.img
+  ln -s ../outside.img d/up-link
+  ln -s /proc/self/status d/proc-link
+  for name in shadow-link etc-link/shadow up-link proc-link; do
+    sed "s|^RW .*|RW 2048 FLAT \"$name\" 0|" d/tmpl.vmdk >d/esc.vmdk
+    expect_refused d/esc.vmdk "extent .*$name leads out of the image's directory"
+  done
+  # QEMU follows the one outside that it can read as raw bytes
+  sed 's|^RW .*|RW 2048 FLAT "up-link" 0|' d/tmpl.vmdk >d/esc.vmdk
+  qemu-img convert -f vmdk -O raw d/esc.vmdk up.raw
+}
+
+# procfs mounted inside the descriptor's directory: the name stays
+# beneath it, the file is on procfs (refused as a mount point on procfs
+# is; QEMU reads it).
+@test "an extent on procfs inside the descriptor's directory (a bind mount of /proc) is refused" {
+  requires_root
+  mkdir -p d/p
+  mount --bind /proc d/p 2>/dev/null || skip "cannot bind-mount /proc"
+  qemu-img create -q -f vmdk -o subformat=monolithicFlat d/tmpl.vmdk 1M
+  sed 's|^RW .*|RW 1 FLAT "p/version" 0|' d/tmpl.vmdk >d/proc.vmdk
+  run --separate-stderr "$FDE" -r -d -p "$WORK/refused.pid" d/proc.vmdk
+  umount d/p
+  [ "$status" = 3 ] || fail "exit status $status, want 3: $stderr"
+  [ "${#stderr_lines[@]}" = 1 ] || fail "want one line: $stderr"
+  [[ "$stderr" == *"d/proc.vmdk: extent "*"p/version is on procfs"* ]] || fail "$stderr"
+  [ ! -e "$WORK/refused.pid" ] || fail "a pid file was left behind"
+  nothing_mounted
 }
 
 @test "an extent that is the descriptor itself or a layer of the chain is refused (extent loops); two extents may share a file" {
@@ -358,6 +410,17 @@ flat_desc() {
   expect_refused many2.vmdk "more than 4096 extents"
   flat_desc big.vmdk 'RW 18014398509481984 FLAT "tmpl-flat.vmdk" 0'
   expect_refused big.vmdk "extent size or offset too large"
+  # 8 EiB from one line (each value passes): over QEMU's BDRV_MAX_LENGTH
+  # (2^63 - 2^30 bytes); QEMU refuses it ("File too large")
+  flat_desc huge8e.vmdk 'RW 18014398509481983 FLAT "tmpl-flat.vmdk" 0'
+  qemu_refuses huge8e.vmdk
+  [[ "$output" == *"File too large"* ]] || fail "qemu-img: $output"
+  expect_refused huge8e.vmdk "larger than the 9223372035781033984 bytes QEMU opens"
+  # two lines adding up to more
+  flat_desc two8e.vmdk 'RW 9007199254740000 FLAT "tmpl-flat.vmdk" 0'
+  sed -i 's|^\(RW .*\)$|\1\n\1|' two8e.vmdk
+  qemu_refuses two8e.vmdk
+  expect_refused two8e.vmdk "larger than the 9223372035781033984 bytes QEMU opens"
   flat_desc inv.vmdk 'RW 2048 FLAT "tmpl-flat.vmdk"'
   expect_refused inv.vmdk "invalid VMDK extent line"
   qemu_refuses inv.vmdk
@@ -389,6 +452,158 @@ flat_desc() {
   sed -i '/CID=/d' nocid.vmdk
   expect_refused nocid.vmdk "no CID or parentCID"
   qemu_refuses nocid.vmdk
+}
+
+# ---- damaged sparse extents (review 12 F4, F5) ----------------------------
+# QEMU's file layer zero-fills reads past the end of a file (formats.md
+# 1.1): a GT past the end is unallocated, a grain past the end reads
+# zeros there (and is data in qemu-img map: QEMU's block status does not
+# look at the file), a grain pointing into the header or the GD reads
+# those bytes (formats.md 2.8).  The view reads them the same way: each
+# of these is compared with qemu-img convert and qemu-img map.
+
+@test "damaged monolithicSparse files (cut by a byte or in half; GD or GT entries past the end, across it, into the header or the GD) read as qemu-img convert reads them; SEEK_DATA/SEEK_HOLE as qemu-img map" {
+  local f size gd
+  make_raw src.raw $SIZE
+  qemu-img convert -f raw -O vmdk -o subformat=monolithicSparse src.raw ok.vmdk
+  size=$(stat -c %s ok.vmdk)
+  gd=$($POKE ok.vmdk header | awk '$1 == "gd_offset" { print $2 }')
+  # the last grain, written last and padded to 64 KiB, holds the disk's
+  # last 2 sectors: cut one byte of them
+  head -c $((size - 65536 + 1024 - 1)) ok.vmdk >cut1.vmdk
+  head -c $((size / 2)) ok.vmdk >half.vmdk
+  cp ok.vmdk gdpast.vmdk
+  $POKE gdpast.vmdk gd 0 0xfffffff0
+  cp ok.vmdk gdacross.vmdk                      # a GT half past the end
+  $POKE gdacross.vmdk gd 0 $((size / 512 - 2))
+  cp ok.vmdk gtpast.vmdk
+  $POKE gtpast.vmdk gt 0 3 0xfffffff0
+  cp ok.vmdk gtacross.vmdk                      # a grain across the end
+  $POKE gtacross.vmdk gt 0 5 $((size / 512 - 3))
+  cp ok.vmdk header.vmdk
+  $POKE header.vmdk gt 0 2 1                    # no zeroed-grain flag: sector 1
+  $POKE header.vmdk gt 0 6 2
+  $POKE header.vmdk gt 0 7 "$gd"                # over the GD and the GTs
+  for f in cut1 half gdpast gdacross gtpast gtacross header; do
+    check_view $f.vmdk
+  done
+}
+
+@test "a twoGbMaxExtentSparse whose extent file is cut short reads as qemu-img convert reads it (zeros past the cut)" {
+  make_raw src.raw $SIZE
+  qemu-img convert -f raw -O vmdk -o subformat=twoGbMaxExtentSparse src.raw split.vmdk
+  [ -f split-s001.vmdk ] || fail "qemu-img made no split-s001.vmdk"
+  truncate -s $(($(stat -c %s split-s001.vmdk) / 2 + 100)) split-s001.vmdk
+  check_view split.vmdk
+}
+
+# make_cowd NAME GD GT [SECTORS GRANULARITY GD_ENTRIES]: a COWD (VMDK3)
+# extent NAME.vmdk built as QEMU's vmdk_open_vmfs_sparse reads it (header
+# at 0, CID text at 0x200, GD at sector 40, one GT of 4096 entries at
+# sector 48, random data from sector 100 to the end of its 128 KiB); GD
+# and GT: comma-separated entries.  qemu-img cannot make one.
+make_cowd() {
+  "$PYTHON" - "$@" <<'PY'
+import os, struct, sys
+name, gd, gt = sys.argv[1:4]
+sectors, gran, l1size = (int(v, 0) for v in (sys.argv[4:7] or ["2048", "8", "1"]))
+b = bytearray(128 * 1024)
+struct.pack_into("<4sIIIIII", b, 0, b"COWD", 1, 3, sectors, gran, 40, l1size)
+t = b"CID=fffffffe\nparentCID=ffffffff\n"
+b[0x200:0x200 + len(t)] = t
+b[100 * 512:] = os.urandom(len(b) - 100 * 512)
+for base, vals in ((40, gd), (48, gt)):
+    for i, v in enumerate(vals.split(",") if vals else []):
+        struct.pack_into("<I", b, base * 512 + 4 * i, int(v, 0))
+open(name + ".vmdk", "wb").write(b)
+PY
+}
+
+@test "damaged COWD (VMDK3) extents (GD or GT entries past the end or across it, grains in the header, a cut file) read as qemu-img convert reads them; a capacity beyond the GD is refused (qemu-img convert fails too)" {
+  local f
+  make_cowd hdr 48 100,108,0,1,2,116             # sectors 1, 2: the header
+  make_cowd gdpast 0xffffff00 ""
+  make_cowd gdacross 250 ""                       # a GT of random entries, cut
+  make_cowd gtpast 48 100,0xfffffff0,108
+  make_cowd gtacross 48 100,252,108               # a grain across the end
+  make_cowd cut 48 100,108,116,240
+  truncate -s $((108 * 512 + 1000)) cut.vmdk
+  for f in hdr gdpast gdacross gtpast gtacross cut; do
+    check_view $f.vmdk
+  done
+  # 2 TiB of 1-sector grains, one GD entry: QEMU's block status fails
+  # past the first 2 MiB (VMDK_ERROR), so convert fails; refused at open
+  make_cowd l1small 48 100 0xffffffff 1 1
+  run qemu-img convert -f vmdk -O raw l1small.vmdk l1small.raw
+  [ "$status" != 0 ] || fail "qemu-img converts l1small.vmdk"
+  rm -f l1small.raw
+  expect_refused l1small.vmdk "beyond its grain directory"
+}
+
+# make_aliased_gd FILE NGT: a monolithicSparse VMDK of 2 TiB in 1-sector
+# grains whose 8 Mi GD entries cycle over NGT all-zero grain tables
+# (entry j names table j mod NGT): every lookup of the disk finds an
+# unallocated grain, and with NGT over the GT cache's 64 every table
+# read is a miss.
+make_aliased_gd() {
+  "$PYTHON" - "$1" "$2" <<'PY'
+import array, struct, sys
+name, ngt = sys.argv[1], int(sys.argv[2])
+n, gran, gtes, gdsec = 8 << 20, 1, 512, 21
+h = bytearray(512)
+struct.pack_into("<4sIIQQQQIQQQ", h, 0, b"KDMV", 1, 3, n * gtes * gran, gran,
+                 1, 20, gtes, 0, gdsec, 0)
+desc = b'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicSparse"\n'
+gtsec = gdsec + n * 4 // 512 + 1
+gt = array.array("I", range(gtsec, gtsec + 4 * ngt, 4))
+with open(name, "wb") as f:
+    f.write(h)
+    f.write(desc.ljust(20 * 512, b"\0"))
+    f.write((gt * (n // ngt + 1))[:n].tobytes())
+    f.truncate((gtsec + 4 * max(ngt, 2)) * 512)
+PY
+}
+
+@test "SEEK_DATA on 2 TiB of 1-sector grains whose 8 Mi GD entries all name one zero GT returns at once (it walked grain by grain)" {
+  make_aliased_gd alias.vmdk 1
+  start_export alias.vmdk
+  # KILL: a process blocked on a FUSE request ignores TERM; teardown
+  # ends the daemon
+  run timeout -s KILL 10 "$PYTHON" -c '
+import errno, os
+fd = os.open("alias.vmdk", os.O_RDONLY)
+try:
+    print(os.lseek(fd, 0, os.SEEK_DATA))
+except OSError as e:
+    print(errno.errorcode[e.errno])
+print(os.lseek(fd, 12345, os.SEEK_HOLE), os.fstat(fd).st_size)'
+  [ "$status" = 0 ] || fail "lseek did not return within 10 s (status $status)"
+  assert_output "ENXIO
+12345 $((8 << 20 << 9 << 9))"
+  stop_export
+}
+
+@test "SEEK_DATA over 2 TiB whose GD entries cycle over 128 zero GTs (more than the cache holds) gives a safe answer within its time budget" {
+  make_aliased_gd cycle.vmdk 128
+  start_export cycle.vmdk
+  # lseek(2) lets any hole be reported as data: SEEK_DATA may stop at
+  # the budget (an offset whose data reads as zeros) or walk to the end
+  # (ENXIO), but must not block the caller for a minute
+  run timeout -s KILL 20 "$PYTHON" -c '
+import errno, os
+fd = os.open("cycle.vmdk", os.O_RDONLY)
+try:
+    p = os.lseek(fd, 0, os.SEEK_DATA)
+    assert 0 <= p < os.fstat(fd).st_size, p
+    print("data", p % 512, os.pread(fd, 4096, p) == bytes(4096))
+except OSError as e:
+    print(errno.errorcode[e.errno])
+print(os.lseek(fd, 12345, os.SEEK_HOLE))'
+  [ "$status" = 0 ] || fail "lseek did not return within 20 s (status $status): $output"
+  [[ "${lines[0]}" == "data 0 True" || "${lines[0]}" == ENXIO ]] ||
+    fail "SEEK_DATA: ${lines[0]}"
+  [ "${lines[1]}" = 12345 ] || fail "SEEK_HOLE at a hole: ${lines[1]}"
+  stop_export
 }
 
 @test "extent lines QEMU skips (RDONLY, NOACCESS, ZERO, size 0) shrink the disk as in QEMU; VMFS extents read at offset 0" {
@@ -499,4 +714,183 @@ make_ova() {
   qemu-img create -q -f vmdk -b s.vmdk -F vmdk delta.vmdk
   make_ova delta.ova e.ovf delta.vmdk
   expect_refused delta.ova "VMDK in an OVA names a parent"
+}
+
+# ---- memory bounded per disk, whatever its extent count ------------------
+
+# many_lines_desc FILE LINE COUNT: a twoGbMaxExtentSparse descriptor with
+# COUNT copies of the extent line LINE.
+many_lines_desc() {
+  { printf '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\n'
+    yes "$2" | head -n "$3"; } >"$1"
+}
+
+# sanitized: is $FDE built with AddressSanitizer (--enable-sanitizers)?
+# (ulimit -v cannot be used: ASan maps terabytes of shadow memory)
+sanitized() { ldd "$FDE" 2>/dev/null | grep -q libasan; }
+
+# partial_reads VIEW EXTENT_BYTES: a 4 KiB read inside each of the first 8
+# grains (64 KiB) of every extent (each is base.raw) equals base.raw there.
+partial_reads() {
+  run "$PYTHON" - "$1" "$2" <<'PY'
+import os, sys
+fd, ext = os.open(sys.argv[1], os.O_RDONLY), int(sys.argv[2])
+base, bad = open("base.raw", "rb").read(), 0
+for i in range(os.fstat(fd).st_size // ext):
+    for j in range(8):
+        off = j * 65536 + 512
+        bad += os.pread(fd, 4096, i * ext + off) != base[off:off + 4096]
+sys.exit("%d reads differ from base.raw" % bad if bad else 0)
+PY
+  assert_success
+}
+
+@test "a descriptor naming one streamOptimized file 1024 times shares one reader: daemon memory and fds stay small, qemu-img compare agrees" {
+  head -c $((512 * 1024)) /dev/urandom >base.raw
+  qemu-img convert -f raw -O vmdk -o subformat=streamOptimized base.raw s.vmdk
+  many_lines_desc many.vmdk 'RW 1024 SPARSE "s.vmdk"' 1024
+  cp many.vmdk many-q.vmdk      # for qemu-img: many.vmdk becomes the view
+  # ASan's quarantine would keep every freed grain buffer: keep it small
+  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=4"
+  start_export many.vmdk
+  partial_reads many.vmdk $((512 * 1024))
+  # one cache of at most 4 MiB, not 512 KiB of grains per extent (the old
+  # code's peak here: 534 MB and 1039 fds)
+  local hwm fds
+  hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$EXPORT_PID/status")
+  fds=$(ls "/proc/$EXPORT_PID/fd" | wc -l)
+  echo "# daemon VmHWM ${hwm} KiB, $fds fds" >&3
+  [ "$hwm" -lt $(( $(sanitized && echo 192 || echo 64) * 1024 )) ] ||
+    fail "the daemon's peak RSS is $hwm KiB after partial reads of 1024 extents"
+  [ "$fds" -lt 64 ] || fail "the daemon holds $fds open files"
+  run qemu-img compare -f vmdk -F raw many-q.vmdk many.vmdk
+  assert_success
+  stop_export
+  # --decompressed-cache is the disk's: 8 distinct stream files (copies)
+  # split 64 KiB, less than a grain each, so none caches; reads still right
+  local i
+  for i in 1 2 3 4 5 6 7; do cp s.vmdk s$i.vmdk; done
+  { printf '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\n'
+    for i in $(seq 64); do echo "RW 1024 SPARSE \"s$((i % 8)).vmdk\""; done; } |
+    sed 's/"s0.vmdk"/"s.vmdk"/' >mixed.vmdk
+  cp mixed.vmdk mixed-q.vmdk
+  start_export --decompressed-cache=64K mixed.vmdk
+  partial_reads mixed.vmdk $((512 * 1024))
+  run qemu-img compare -f vmdk -F raw mixed-q.vmdk mixed.vmdk
+  assert_success
+  stop_export
+}
+
+# big_grain_stream FILE RAW: a streamOptimized extent (version 3,
+# compressed grains with markers, deflate) of 1 MiB grains that
+# qemu-img cannot make (it writes 64 KiB ones), and RAW, its contents:
+# grain 0 random (its compressed size, over 1 MiB, needs more than the
+# first 256 KiB read after the marker), grain 1 unallocated, grain 2 a
+# pattern (a few KiB compressed), grain 3 random and partial (capacity
+# 3.5 MiB + 4 KiB, the last grain's stream inflating to that much only).
+big_grain_stream() {
+  "$PYTHON" - "$1" "$2" <<'PY'
+import os, struct, sys, zlib
+G = 2048                                    # granularity, sectors
+cap = 3 * G + 1024 + 8                      # sectors
+grains = [os.urandom(G * 512), None, bytes(range(256)) * (G * 2),
+          os.urandom((cap - 3 * G) * 512)]
+desc = ('# Disk DescriptorFile\nversion=1\nCID=12345678\n'
+        'parentCID=ffffffff\ncreateType="streamOptimized"\n'
+        'RW %d SPARSE "%s"\n' % (cap, os.path.basename(sys.argv[1]))).encode()
+h = bytearray(512)
+struct.pack_into("<4sIIQQQQIQQQ", h, 0, b"KDMV", 3, 1 | 1 << 16 | 1 << 17,
+                 cap, G, 1, 20, 512, 0, 21, 128)
+h[73:77] = b"\n \r\n"
+struct.pack_into("<H", h, 77, 1)            # deflate
+img = bytearray(h) + desc.ljust(20 * 512, b"\0")
+img += struct.pack("<I", 22).ljust(512, b"\0")      # GD: one GT, sector 22
+gt_at = len(img)
+img += bytes(4 * 512)                               # GT: 512 entries
+img += bytes(128 * 512 - len(img))
+for i, g in enumerate(grains):
+    if g is None:
+        continue
+    struct.pack_into("<I", img, gt_at + 4 * i, len(img) // 512)
+    z = zlib.compress(g)
+    rec = struct.pack("<QI", i * G, len(z)) + z
+    img += rec + bytes(-len(rec) % 512)
+open(sys.argv[1], "wb").write(img)
+open(sys.argv[2], "wb").write(b"".join(g or bytes(G * 512) for g in grains))
+PY
+}
+
+@test "a streamOptimized extent of 1 MiB grains (hand-built: qemu-img makes 64 KiB ones) reads as qemu-img convert, in whole and in partial reads" {
+  big_grain_stream big.vmdk big.raw
+  # the builder is right by QEMU's reading
+  run qemu-img compare -f vmdk -F raw big.vmdk big.raw
+  assert_success
+  check_view big.vmdk
+  start_export big.vmdk
+  run "$PYTHON" - big.vmdk big.raw <<'PY'
+import os, sys
+fd, want = os.open(sys.argv[1], os.O_RDONLY), open(sys.argv[2], "rb").read()
+bad = 0
+for off in list(range(0, len(want), 333333)) + [len(want) - 4096, 1 << 20]:
+    n = min(4096, len(want) - off)
+    bad += os.pread(fd, n, off) != want[off:off + n]
+sys.exit("%d partial reads differ" % bad if bad else 0)
+PY
+  assert_success
+  stop_export
+}
+
+# big_gd_file FILE: a hosted sparse file of 129 MiB, 4 KiB on disk:
+# granularity 1 sector, 512 GTEs, capacity 2^34 sectors, so a grain
+# directory of 32 Mi entries (128 MiB, QEMU's cap), all in a hole.
+big_gd_file() {
+  "$PYTHON" - "$1" <<'PY'
+import struct, sys
+n = 32 << 20
+h = bytearray(512)
+struct.pack_into("<4sIIQQQQIQQQ", h, 0, b"KDMV", 1, 3, n * 512, 1, 0, 0,
+                 512, 0, 1, 0)
+with open(sys.argv[1], "wb") as f:
+    f.write(h)
+    f.truncate(512 + n * 4 + 512)
+PY
+}
+
+@test "a descriptor naming a sparse file with a 128 MiB grain directory 16 or 4096 times reads it once; over 256 MiB of them, or out of memory, is refused" {
+  local cap=$((1 << 34)) k
+  big_gd_file big1.vmdk
+  for k in 1 16 4096; do
+    many_lines_desc big-$k.vmdk "RW $cap SPARSE \"big1.vmdk\"" $k
+  done
+  if sanitized; then
+    run --separate-stderr "$FDE" --probe big-16.vmdk
+    [ "$status" = 0 ] || fail "--probe big-16.vmdk: exit $status: $stderr"
+  else
+    # one copy of the grain directory: 1.5 GB of address space is plenty
+    # (the old code ran out of memory and exited 1)
+    for k in 16 4096; do
+      run --separate-stderr bash -c "ulimit -v 1500000 && exec \"\$0\" --probe big-$k.vmdk" "$FDE"
+      [ "$status" = 0 ] || fail "--probe big-$k.vmdk in 1.5 GB: exit $status: $stderr"
+    done
+    run --separate-stderr bash -c 'ulimit -v 1500000 && exec "$0" -d -p "$1" big-4096.vmdk' \
+      "$FDE" "$WORK/big.pid"
+    [ "$status" = 0 ] || fail "big-4096.vmdk does not mount in 1.5 GB: $stderr"
+    EXPORT_PID=$(cat "$WORK/big.pid") EXPORT_PIDFILE=$WORK/big.pid
+    [ "$(stat -c %s big-4096.vmdk)" = $((4096 * cap * 512)) ] ||
+      fail "big-4096.vmdk: size $(stat -c %s big-4096.vmdk)"
+    [ "$(tail -c 4096 big-4096.vmdk | tr -d '\0' | wc -c)" = 0 ] ||
+      fail "the last bytes are not zeros"
+    stop_export
+    # out of memory for even one grain directory: exit 3, one line
+    run --separate-stderr bash -c "ulimit -v 100000 && exec \"\$0\" --probe big-1.vmdk" "$FDE"
+    [ "$status" = 3 ] || fail "--probe in 100 MB: exit $status, want 3: $stderr"
+    [ "${#stderr_lines[@]}" = 1 ] && [[ "$stderr" == *big-1.vmdk*"out of memory"* ]] ||
+      fail "--probe in 100 MB: want one line naming big-1.vmdk: $stderr"
+  fi
+  # three distinct files: 384 MiB of grain directories, over the disk's cap
+  cp --sparse=always big1.vmdk big2.vmdk
+  cp --sparse=always big1.vmdk big3.vmdk
+  many_lines_desc three.vmdk "RW $cap SPARSE \"big1.vmdk\"" 1
+  for k in 2 3; do echo "RW $cap SPARSE \"big$k.vmdk\"" >>three.vmdk; done
+  expect_refused three.vmdk "extent .*big3.vmdk: the grain directories .* more than 256 MiB"
 }

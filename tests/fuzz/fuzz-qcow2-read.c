@@ -12,65 +12,37 @@
  *   ./tests/fuzz/fuzz-qcow2-read -dict=tests/fuzz/qcow2.dict CORPUS */
 #include "fuzz-common.h"
 
-static uint8_t *buf, *buf2;
-static FILE *devnull;
-
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* The active layer; one input in four is opened again at snapshot "1". */
+static int
+qcow2_opens(const uint8_t *data, size_t size, uint64_t *rng,
+            struct fuzz_open *opens)
+{
+  (void) data;
+  (void) size;
+  opens[1].snapshot = "1";
+  return (fuzz_next(rng) & 3) == 0 ? 2 : 1;
+}
+
+static const struct fuzz_target qcow2_target = {
+  .format = &fde_format_qcow2,
+  .cache_bytes = FUZZ_CACHE_BYTES,
+  .opens = qcow2_opens,
+};
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
   (void) argc;
   (void) argv;
-  fuzz_init_harness(&devnull, &buf, &buf2, NULL);
+  fuzz_init_target();
   return 0;
-}
-
-/* Open the image in fd read-only (at snapshot, or the active layer) and
- * exercise it.  The fd is consumed. */
-static void
-run_once(int fd, const char *snapshot, uint64_t *rng)
-{
-  struct fde_chain chain = { .depth = 0 };
-  struct fde_open_params params = {
-    .path = fuzz_path,
-    .fd = fd,
-    .read_only = true,
-    .snapshot = snapshot,
-    .cache_bytes = FUZZ_CACHE_BYTES,
-    .chain = &chain,
-  };
-  struct fde_disk *disk = NULL;
-  int r = fde_disk_open(&fde_format_qcow2, &params, &disk);
-
-  fuzz_check_ret(r, "open");
-  if (r < 0) {
-    if (disk != NULL)
-      fuzz_fail("open failed but set *out");
-    close(fd);                  /* still ours after a failed open */
-    return;
-  }
-  if (disk == NULL || disk->format != &fde_format_qcow2 || disk->path == NULL)
-    fuzz_fail("open succeeded without a proper handle");
-  if (!disk->read_only)
-    fuzz_fail("a read-only open gave a writable disk");
-  fuzz_exercise_reads(disk, rng, buf, buf2, devnull);
-  fde_disk_close(disk);         /* closes fd */
 }
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-  uint64_t rng = fuzz_hash(data, size);
-  int fds = fuzz_count_fds();
-
-  run_once(fuzz_memfd(data, size), NULL, &rng);
-  if ((rng & 3) == 0)
-    run_once(fuzz_memfd(data, size), "1", &rng);
-
-  int now = fuzz_count_fds();
-  if (now != fds)
-    fuzz_fail("file descriptor leak: %d open before, %d after", fds, now);
-  return 0;
+  return fuzz_run_input(&qcow2_target, data, size);
 }

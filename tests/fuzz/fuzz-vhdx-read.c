@@ -10,11 +10,10 @@
  * then it is closed.  The log scan and its in-memory replay run at open.
  *
  * Holes: a VHDX puts its log, metadata, BAT and blocks at MiB offsets, so
- * an input may end in a list of holes to put back, as fuzz-vpc-read.c
- * reads them: up to 16 records of two little-endian u32 (at, len), then
- * "FDEHOLES" and a little-endian u32 count; len zero bytes are inserted
- * at offset at of the file being built (64 MiB of holes at most).
- * make-corpus.sh writes qemu-img's images that way.
+ * an input may end in a list of holes to put back (fuzz_holes_memfd in
+ * fuzz-common.h: records of (at, len), then "FDEHOLES" and a count; 64
+ * MiB of holes at most).  make-corpus.sh writes qemu-img's images that
+ * way.
  *
  * Differencing disks: the sandbox (fuzz-common.h) also holds base.vhdx, a
  * dynamic VHDX of 1 MiB (one 1 MiB block, byte i = i * 13 + 5, 512-byte
@@ -27,23 +26,8 @@
 #include "fuzz-common.h"
 #include "vhdx.h"
 
-#define HOLES_MAGIC "FDEHOLES"
-#define HOLES_TRAILER 12
-#define HOLES_MAX 16
-#define HOLES_BYTES_MAX (64u << 20)
-
-static uint8_t *buf, *buf2;
-static FILE *devnull;
-
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static uint32_t
-get_le32(const uint8_t *p)
-{
-  return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16
-         | (uint32_t) p[3] << 24;
-}
 
 static void
 put_le(uint8_t *p, uint64_t v, int n)
@@ -140,94 +124,21 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 {
   (void) argc;
   (void) argv;
-  fuzz_init_harness(&devnull, &buf, &buf2, NULL);
+  fuzz_init_target();
   make_base_vhdx();
   return 0;
 }
 
-/* The image file for an input: its bytes with the holes put back. */
-static int
-image_memfd(const uint8_t *data, size_t size)
-{
-  uint32_t n = 0, holes = 0;
-  uint64_t out = 0;
-  const uint8_t *rec;
-  int fd;
-
-  if (size >= HOLES_TRAILER
-      && memcmp(data + size - HOLES_TRAILER, HOLES_MAGIC, 8) == 0) {
-    n = get_le32(data + size - 4);
-    if (n > HOLES_MAX || size - HOLES_TRAILER < 8 * (size_t) n)
-      n = 0;
-    else
-      size -= HOLES_TRAILER + 8 * (size_t) n;
-  }
-  rec = data + size;
-  fd = fuzz_memfd(NULL, 0);
-  for (uint32_t i = 0; i < n; i++) {
-    uint64_t at = get_le32(rec + 8 * i), len = get_le32(rec + 8 * i + 4);
-    size_t piece;
-    if (at < out || len > HOLES_BYTES_MAX - holes)
-      continue;
-    piece = (size_t) (at - out < size ? at - out : size);
-    if (piece > 0 && fde_pwrite_full(fd, data, piece, out) < 0)
-      fuzz_fail("writing the memfd failed");
-    data += piece;
-    size -= piece;
-    out += piece + len;
-    holes += (uint32_t) len;
-  }
-  if (size > 0 && fde_pwrite_full(fd, data, size, out) < 0)
-    fuzz_fail("writing the memfd failed");
-  if (fde_io_ftruncate(fd, out + size) < 0)
-    fuzz_fail("cannot size the memfd");
-  return fd;
-}
-
-/* Open the image in fd (consumed) read-only and exercise it. */
-static void
-run_once(int fd, uint64_t *rng)
-{
-  struct fde_chain chain = { .depth = 0 };
-  struct fde_open_params params = {
-    .path = fuzz_path,
-    .fd = fd,
-    .read_only = true,
-    .chain = &chain,
-  };
-  static const uint8_t no_head[1];
-  struct fde_disk *disk = NULL;
-  int r;
-
-  (void) fde_format_identify(no_head, 0, fd);  /* the fixed-footer probe */
-  r = fde_disk_open(&fde_format_vhdx, &params, &disk);
-  fuzz_check_ret(r, "open");
-  if (r < 0) {
-    if (disk != NULL)
-      fuzz_fail("open failed but set *out");
-    close(fd);                  /* still ours after a failed open */
-    return;
-  }
-  if (disk == NULL || disk->format != &fde_format_vhdx || disk->path == NULL)
-    fuzz_fail("open succeeded without a proper handle");
-  if (!disk->read_only || fde_disk_can_write(disk) || disk->size % 512 != 0)
-    fuzz_fail("open gave a writable disk or a size of %llu bytes",
-              (unsigned long long) disk->size);
-  fuzz_exercise_reads(disk, rng, buf, buf2, devnull);
-  fde_disk_close(disk);         /* closes fd */
-}
+static const struct fuzz_target vhdx_target = {
+  .format = &fde_format_vhdx,
+  .whole_sectors = true,
+  .no_write_members = true,
+  .tail_probe = true,
+  .image = fuzz_holes_memfd,
+};
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-  uint64_t rng = fuzz_hash(data, size);
-  int fds = fuzz_count_fds();
-
-  (void) fde_format_vhdx.probe(data, size);
-  run_once(image_memfd(data, size), &rng);
-
-  int now = fuzz_count_fds();
-  if (now != fds)
-    fuzz_fail("file descriptor leak: %d open before, %d after", fds, now);
-  return 0;
+  return fuzz_run_input(&vhdx_target, data, size);
 }

@@ -12,6 +12,11 @@
  * opened a second time as an OVA member would be: from byte 512 of the
  * file to its end (params->file_offset and file_length).
  *
+ * Holes: a sparse VMDK's grains start at 64 KiB and its grain tables
+ * are mostly zeros, so an input may end in a list of holes to put back
+ * (fuzz_holes_memfd in fuzz-common.h); make-corpus.sh writes qemu-img's
+ * images that way, which keeps inputs, and each execution, small.
+ *
  * The sandbox (fuzz-common.h: base.raw, base.qcow2) also holds, for
  * descriptors to name (make-corpus.sh's seeds do):
  *   ext.vmdk     a hosted sparse extent of 64 KiB, 4 KiB grains: grain 0
@@ -23,9 +28,6 @@
  * Build and run: make fuzz (see Makefile.am), or by hand
  *   ./tests/fuzz/fuzz-vmdk-read -dict=tests/fuzz/vmdk.dict CORPUS */
 #include "fuzz-common.h"
-
-static uint8_t *buf, *buf2;
-static FILE *devnull;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -99,59 +101,37 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 {
   (void) argc;
   (void) argv;
-  fuzz_init_harness(&devnull, &buf, &buf2, NULL);
+  fuzz_init_target();
   make_ext_vmdk();
   make_parent_vmdk();
   atexit(remove_files);         /* runs before fuzz_remove_sandbox */
   return 0;
 }
 
-/* Open the image in fd read-only (as an OVA member from byte 512 when
- * windowed) and exercise it; fd is closed. */
-static void
-run_once(int fd, uint64_t size, bool windowed, uint64_t *rng)
+/* One open of the whole file; an input starting with 'O' is opened again
+ * as an OVA member from its byte 512 to its end. */
+static int
+vmdk_opens(const uint8_t *data, size_t size, uint64_t *rng,
+           struct fuzz_open *opens)
 {
-  struct fde_chain chain = { .depth = 0 };
-  struct fde_open_params params = {
-    .path = fuzz_path,
-    .fd = fd,
-    .read_only = true,
-    .chain = &chain,
-    .file_offset = windowed ? 512 : 0,
-    .file_length = windowed ? size - 512 : 0,
-  };
-  struct fde_disk *disk = NULL;
-  int r = fde_disk_open(&fde_format_vmdk, &params, &disk);
-
-  fuzz_check_ret(r, "open");
-  if (r < 0) {
-    if (disk != NULL)
-      fuzz_fail("open failed but set *out");
-    close(fd);                  /* still ours after a failed open */
-    return;
-  }
-  if (disk == NULL || disk->format != &fde_format_vmdk || disk->path == NULL)
-    fuzz_fail("open succeeded without a proper handle");
-  if (!disk->read_only || fde_disk_can_write(disk) || disk->size % 512 != 0)
-    fuzz_fail("open gave a writable disk or a size of %llu bytes",
-              (unsigned long long) disk->size);
-  fuzz_exercise_reads(disk, rng, buf, buf2, devnull);
-  fde_disk_close(disk);         /* closes fd, the extents and the parent */
+  (void) rng;
+  if (size <= 512 || data[0] != 'O')
+    return 1;
+  opens[1].file_offset = 512;
+  opens[1].file_length = size - 512;
+  return 2;
 }
+
+static const struct fuzz_target vmdk_target = {
+  .format = &fde_format_vmdk,
+  .whole_sectors = true,
+  .image = fuzz_holes_memfd,
+  .no_write_members = true,
+  .opens = vmdk_opens,
+};
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-  uint64_t rng = fuzz_hash(data, size);
-  int fds = fuzz_count_fds();
-
-  (void) fde_format_vmdk.probe(data, size);
-  run_once(fuzz_memfd(data, size), size, false, &rng);
-  if (size > 512 && data[0] == 'O')
-    run_once(fuzz_memfd(data, size), size, true, &rng);
-
-  int now = fuzz_count_fds();
-  if (now != fds)
-    fuzz_fail("file descriptor leak: %d open before, %d after", fds, now);
-  return 0;
+  return fuzz_run_input(&vmdk_target, data, size);
 }

@@ -25,23 +25,56 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/fde-corpus.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 
-# mk NAME SIZE [qemu-img create -o OPTIONS]: a fresh image NAME.qcow2.
-mk() {
-  name=$1 size=$2
-  shift 2
-  qemu-img create -q -f qcow2 ${1:+-o "$1"} "$name.qcow2" "$size"
+# ext FORMAT: the file name extension of an image of FORMAT.
+ext() { case $1 in vpc) echo vhd ;; *) echo "$1" ;; esac; }
+
+# img FORMAT NAME SIZE [qemu-img create -o OPTIONS]: a fresh image NAME.EXT.
+img() {
+  fmt=$1 name=$2 size=$3
+  shift 3
+  qemu-img create -q -f "$fmt" ${1:+-o "$1"} "$name.$(ext "$fmt")" "$size"
 }
 
-# io NAME COMMAND...: run qemu-io commands on NAME.qcow2.
-io() {
-  name=$1
-  shift
+# qio FORMAT NAME COMMAND...: run qemu-io commands on NAME.EXT.
+qio() {
+  fmt=$1 name=$2
+  shift 2
   for c in "$@"; do
     set -- "$@" -c "$c"
     shift
   done
-  qemu-io -f qcow2 "$@" "$name.qcow2" >/dev/null
+  qemu-io -f "$fmt" "$@" "$name.$(ext "$fmt")" >/dev/null
 }
+
+# holes FILE...: rewrite each file in the harnesses' holes layout
+# (fuzz_holes_memfd in fuzz-common.h): its 16 largest runs of 4 KiB or
+# more of zeros cut out and listed in an "FDEHOLES" trailer.
+holes() {
+  for f in "$@"; do
+    python3 -c '
+import re, struct, sys
+name = sys.argv[1]
+data = open(name, "rb").read()
+runs = [(m.start(), m.end() - m.start())
+        for m in re.finditer(rb"\0{4096,}", data)]
+holes = sorted(sorted(runs, key=lambda r: -r[1])[:16])
+if sum(n for at, n in holes) > 64 << 20:
+    sys.exit(name + ": more than the 64 MiB of holes the harnesses put back")
+out, pos, recs = bytearray(), 0, b""
+for at, n in holes:
+    out += data[pos:at]
+    recs += struct.pack("<II", at, n)
+    pos = at + n
+out += data[pos:]
+if holes:
+    out += recs + b"FDEHOLES" + struct.pack("<I", len(holes))
+open(name, "wb").write(out)' "$f"
+  done
+}
+
+# The qcow2 seeds' shorthands.
+mk() { img qcow2 "$@"; }
+io() { qio qcow2 "$@"; }
 
 # Optional seeds: qemu-img versions differ in what they can make.
 try() { "$@" 2>/dev/null || echo "$0: skipped: $*" >&2; }
@@ -352,20 +385,8 @@ fi
 # written in the harness's sparse layout ("FDESPARS" and records of offset,
 # length and bytes, without the runs of zeros), so that a seed of several
 # 1 MiB blocks stays small; the others are kept as they are.
-vdi() {
-  name=$1 size=$2
-  shift 2
-  qemu-img create -q -f vdi ${1:+-o "$1"} "$name.vdi" "$size"
-}
-vdio() {
-  name=$1
-  shift
-  for c in "$@"; do
-    set -- "$@" -c "$c"
-    shift
-  done
-  qemu-io -f vdi "$@" "$name.vdi" >/dev/null
-}
+vdi() { img vdi "$@"; }
+vdio() { qio vdi "$@"; }
 vdi vdi-empty $((3 * 1048576 + 512))
 vdi vdi-static-empty 2M static=on
 vdi vdi-zero 0
@@ -408,21 +429,10 @@ fi
 # differencing disks over the harness's base.vhd made by tests/vpc-poke.py
 # (4 and 8 KiB blocks, sectors present and absent in the bitmaps, each
 # kind of parent locator).  Runs of 4 KiB or more of zeros are cut out and
-# listed in the harness's "FDEHOLES" trailer, so a 2 MiB block stays small.
-vpc() {
-  name=$1 size=$2
-  shift 2
-  qemu-img create -q -f vpc ${1:+-o "$1"} "$name.vhd" "$size"
-}
-vpco() {
-  name=$1
-  shift
-  for c in "$@"; do
-    set -- "$@" -c "$c"
-    shift
-  done
-  qemu-io -f vpc "$@" "$name.vhd" >/dev/null
-}
+# listed in the harness's "FDEHOLES" trailer (holes), so a 2 MiB block
+# stays small.
+vpc() { img vpc "$@"; }
+vpco() { qio vpc "$@"; }
 vpc vpc-empty 3M
 vpc vpc-zero 0
 vpc vpc-written 6M
@@ -458,23 +468,7 @@ open("base.vhd", "wb").write(img + f)'
   $poke diff base.vhd vpc-diff-name.vhd --block 4096 \
     --w2ku 'C:\vms\base.vhd' --name 'C:\vms\base.vhd' --write 32768:2048:0x66
   rm -f base.vhd
-  for f in vpc-*.vhd; do
-    python3 -c '
-import re, struct, sys
-name = sys.argv[1]
-data = open(name, "rb").read()
-holes = [(m.start(), m.end() - m.start())
-         for m in re.finditer(rb"\0{4096,}", data)][:16]
-out, pos, recs = bytearray(), 0, b""
-for at, n in holes:
-    out += data[pos:at]
-    recs += struct.pack("<II", at, n)
-    pos = at + n
-out += data[pos:]
-if holes:
-    out += recs + b"FDEHOLES" + struct.pack("<I", len(holes))
-open(name, "wb").write(out)' "$f"
-  done
+  holes vpc-*.vhd
 fi
 
 # VHDX images for fuzz-vhdx-read: qemu-img's dynamic (empty, written,
@@ -484,22 +478,10 @@ fi
 # harness's base.vhdx (partially and fully present blocks).  The
 # 16 largest runs of 4 KiB or more of zeros are cut out and listed in the
 # harness's "FDEHOLES" trailer.
-vhdx() {
-  name=$1 size=$2
-  shift 2
-  qemu-img create -q -f vhdx ${1:+-o "$1"} "$name.vhdx" "$size"
-}
-vhdxo() {
-  name=$1
-  shift
-  for c in "$@"; do
-    set -- "$@" -c "$c"
-    shift
-  done
-  qemu-io -f vhdx "$@" "$name.vhdx" >/dev/null
-}
+vhdx() { img vhdx "$@"; }
+vhdxo() { qio vhdx "$@"; }
 vhdx vhdx-empty 3M block_size=1M
-vhdx vhdx-zero 0
+vhdx vhdx-zero 0 block_size=1M
 vhdx vhdx-written 5M block_size=1M
 vhdxo vhdx-written 'write -P 0x11 0 4k' 'write -P 0x22 2049k 1k' \
   'write -P 0x33 4M 512'
@@ -528,24 +510,7 @@ if command -v python3 >/dev/null 2>&1; then
   vhdx vhdx-log 3M block_size=1M,log_size=2M
   vhdxo vhdx-log 'write -P 0x66 0 8k'
   $poke log vhdx-log.vhdx --block 2 --stale
-  for f in vhdx-*.vhdx; do
-    python3 -c '
-import re, struct, sys
-name = sys.argv[1]
-data = open(name, "rb").read()
-runs = [(m.start(), m.end() - m.start())
-        for m in re.finditer(rb"\0{4096,}", data)]
-holes = sorted(sorted(runs, key=lambda r: -r[1])[:16])
-out, pos, recs = bytearray(), 0, b""
-for at, n in holes:
-    out += data[pos:at]
-    recs += struct.pack("<II", at, n)
-    pos = at + n
-out += data[pos:]
-if holes:
-    out += recs + b"FDEHOLES" + struct.pack("<I", len(holes))
-open(name, "wb").write(out)' "$f"
-  done
+  holes vhdx-*.vhdx
 fi
 rm -f vhdx-src.raw
 
@@ -556,24 +521,12 @@ rm -f vhdx-src.raw
 # ext.vmdk and base.raw (several extents, a VMFS one, skipped lines); a
 # monolithicSparse after a 512-byte prefix starting with 'O' (the harness
 # opens such an input as an OVA member too).
-vmdk() {
-  name=$1 size=$2
-  shift 2
-  qemu-img create -q -f vmdk ${1:+-o "$1"} "$name.vmdk" "$size"
-}
-vmdko() {
-  name=$1
-  shift
-  for c in "$@"; do
-    set -- "$@" -c "$c"
-    shift
-  done
-  qemu-io -f vmdk "$@" "$name.vmdk" >/dev/null
-}
+vmdk() { img vmdk "$@"; }
+vmdko() { qio vmdk "$@"; }
 vmdk vmdk-sparse 1M
 vmdko vmdk-sparse 'write -P 0x11 0 4k' 'write -P 0x22 700k 1k'
 vmdk vmdk-zeroed 256k zeroed_grain=on
-vmdko vmdk-zeroed 'write -P 0x33 0 128k' 'write -z 64k 64k'
+vmdko vmdk-zeroed 'write -P 0x33 0 4k' 'write -P 0x33 64k 4k' 'write -z 64k 64k'
 printf 'vmdk data' >vmdk-src.raw
 truncate -s 200k vmdk-src.raw
 qemu-img convert -f raw -O vmdk -o subformat=streamOptimized vmdk-src.raw \
@@ -587,6 +540,8 @@ open("base.raw", "wb").write(bytes((i * 31 + 7) & 0xff for i in range(65536)))'
   vmdko vmdk-delta 'write -P 0x44 8k 4k'
   { printf 'O'; head -c 511 /dev/zero; cat vmdk-sparse.vmdk; } >vmdk-ova.vmdk
   rm -f base.raw parent.vmdk
+  holes vmdk-sparse.vmdk vmdk-zeroed.vmdk vmdk-stream.vmdk vmdk-delta.vmdk \
+    vmdk-ova.vmdk
 fi
 printf '# Disk DescriptorFile\nversion=1\nCID=1234abcd\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 128 FLAT "base.raw" 0\n\nddb.adapterType = "ide"\nddb.geometry.cylinders = "2"\n' \
   >vmdk-flat.vmdk
@@ -646,6 +601,7 @@ if command -v tar >/dev/null 2>&1; then
     fi
   )
   rm -rf ova
+  holes ova-*.ova
 fi
 
 for f in *.qcow2 *.part *.sparse *.vdi *.vhd *.vhdx *.vmdk *.ova; do

@@ -26,16 +26,7 @@
 
 #include "layer.h"
 
-static int failures;
-
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
-              #cond);                                                   \
-      failures++;                                                       \
-    }                                                                   \
-  } while (0)
+#include "check.h"
 
 #define MiB (1u << 20)
 #define STUB_SIZE (4 * MiB)

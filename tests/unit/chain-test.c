@@ -21,16 +21,7 @@
 
 #include "chain.h"
 
-static int failures;
-
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
-              #cond);                                                   \
-      failures++;                                                       \
-    }                                                                   \
-  } while (0)
+#include "check.h"
 
 /* ---- A lower disk in memory: byte i is i*7+1; data in the first half --- */
 
@@ -386,6 +377,35 @@ test_depth(void)
     close(fds[i]);
 }
 
+/* Symlinks (formats/owner.c): an extent's that stays in the image's
+ * directory opens, one leading out is -EXDEV; a backing name through a
+ * /proc magic link is -ELOOP, a file on procfs -EINVAL.  p is the image
+ * dir/top, ext the regular file dir/s001.vmdk. */
+static void
+test_open_file_links(const struct fde_open_params *p, const char *ext)
+{
+  char in[64], out[64], *path = NULL;
+  struct fde_disk *lower = NULL;
+  int fd;
+
+  snprintf(in, sizeof in, "%s/in-link", dir);
+  snprintf(out, sizeof out, "%s/out-link", dir);
+  CHECK(symlink("s001.vmdk", in) == 0 && symlink(ext, out) == 0);
+  fd = fde_chain_open_file(p, "in-link", "extent file", &path);
+  CHECK(fd >= 0);
+  if (fd >= 0)
+    close(fd);
+  free(path);
+  CHECK(fde_chain_open_file(p, "out-link", "extent file", &path) == -EXDEV);
+  CHECK(path == NULL);
+  CHECK(fde_chain_open_backing(p, "/proc/self/cwd", "raw", "backing file",
+                               &lower) == -ELOOP && lower == NULL);
+  CHECK(fde_chain_open_backing(p, "/proc/version", "raw", "backing file",
+                               &lower) == -EINVAL && lower == NULL);
+  unlink(in);
+  unlink(out);
+}
+
 /* fde_chain_open_file: the descriptor and the resolved name. */
 static void
 test_open_file(void)
@@ -409,6 +429,7 @@ test_open_file(void)
   path = (char *) "stale";
   CHECK(fde_chain_open_file(&p, "http://x", "extent file", &path) == -ENOTSUP);
   CHECK(path == NULL);
+  test_open_file_links(&p, ext);
   close(p.fd);
   unlink(top);
   unlink(ext);

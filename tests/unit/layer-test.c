@@ -14,16 +14,7 @@
 
 #include "layer.h"
 
-static int failures;
-
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__,  \
-              #cond);                                                   \
-      failures++;                                                       \
-    }                                                                   \
-  } while (0)
+#include "check.h"
 
 /* ---- A disk in memory: data in the first half is allocated ------------- */
 
