@@ -394,7 +394,8 @@ struct fde_owner fde_owner_of(uid_t uid, gid_t gid);
  * (O_CLOEXEC, blocking) or -errno with one line logged naming the file:
  * -EACCES/-EPERM when the owner may not read it or the owner's
  * credentials cannot be taken, -EXDEV when it leads out of the
- * directory, -ELOOP for a magic link (or a symlink loop), -ENOSYS on a
+ * directory, -ESTALE when that directory, looked up again, no longer
+ * holds the image params->fd is (renamed or swapped meanwhile), -ELOOP for a magic link (or a symlink loop), -ENOSYS on a
  * kernel without openat2, -EINVAL for a file of another type or on a
  * pseudo file system. */
 int fde_open_named(const struct fde_open_params *params, const char *what,

@@ -18,9 +18,11 @@
  * and an extent's name never leads out of its descriptor's directory,
  * not even through a symbolic link (openat2 RESOLVE_NO_MAGICLINKS,
  * RESOLVE_BENEATH; a root-owned descriptor unpacked from a tar could
- * otherwise name /etc/shadow through one); a file on procfs, sysfs or
- * another kernel pseudo file system is refused, as is a mount point on
- * one (src/export.c). */
+ * otherwise name /etc/shadow through one); when the exporter opens it
+ * itself (not as the owner, whom a swap could only show what the owner
+ * may read) that directory, looked up again by name, must still hold
+ * the image that was opened (its device and inode); a file on procfs, sysfs or another kernel pseudo
+ * file system is refused, as is a mount point on one (src/export.c). */
 #include <config.h>
 
 #include <errno.h>
@@ -48,31 +50,71 @@
  * O_NOCTTY: a terminal named by one must not become ours. */
 #define NAMED_OPEN_FLAGS (O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
 
-/* Open name with openat2(2) (Linux 5.6; glibc 2.36 has no wrapper):
- * relative to the directory dir, which it must not leave
- * (RESOLVE_BENEATH: no "..", absolute name or symlink leads out of it),
- * or, with dir NULL, name as it is.  Never through a magic link
- * (/proc/PID/fd/N, /proc/PID/cwd and the like: RESOLVE_NO_MAGICLINKS).
- * The descriptor, or -errno: -EXDEV for a name leaving dir, -ELOOP for a
- * magic link, -ENOSYS without openat2.  Only system calls: it also runs
- * in the child of open_in_child. */
+/* Open name with openat2(2) (Linux 5.6; glibc 2.36 has no wrapper)
+ * relative to the directory dfd (AT_FDCWD: as it is); beneath: it must
+ * not leave that directory (RESOLVE_BENEATH: no "..", absolute name or
+ * symlink leads out of it).  Never through a magic link (/proc/PID/fd/N,
+ * /proc/PID/cwd and the like: RESOLVE_NO_MAGICLINKS).  The descriptor,
+ * or -errno: -EXDEV for a name leaving the directory, -ELOOP for a magic
+ * link, -ENOSYS without openat2.  Only system calls: it also runs in the
+ * child of open_in_child. */
 static int
-open_resolved(const char *dir, const char *name)
+open_at(int dfd, const char *name, bool beneath)
 {
   struct open_how how = { .flags = NAMED_OPEN_FLAGS,
                           .resolve = RESOLVE_NO_MAGICLINKS };
-  int dfd = AT_FDCWD, fd, err;
+  int fd;
 
-  if (dir != NULL) {
-    if ((dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1)
-      return -errno;
+  if (beneath)
     how.resolve |= RESOLVE_BENEATH;
-  }
   fd = (int) syscall(SYS_openat2, dfd, name, &how, sizeof how);
-  err = errno;
-  if (dir != NULL)
-    close(dfd);
-  return fd == -1 ? -err : fd;
+  return fd == -1 ? -errno : fd;
+}
+
+/* open_at beneath the directory dir or, with dir NULL, name as it is. */
+static int
+open_resolved(const char *dir, const char *name)
+{
+  int dfd, fd;
+
+  if (dir == NULL)
+    return open_at(AT_FDCWD, name, false);
+  if ((dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1)
+    return -errno;
+  fd = open_at(dfd, name, true);
+  close(dfd);
+  return fd;
+}
+
+/* open_resolved(dir, name) where dir is the directory of the image's path
+ * (p->path), which was looked up when the image was opened and is looked
+ * up again here: it must still hold the image that was opened (p->fd),
+ * under the last component of p->path (its device and inode), else a
+ * directory renamed or swapped for a symlink in between would decide
+ * what name is beneath (review 35: a root-owned descriptor's extent read
+ * from a root-only directory).  The descriptor, or -errno (-ESTALE: the
+ * directory no longer holds the image). */
+static int
+open_beside_image(const struct fde_open_params *p, const char *dir,
+                  const char *name)
+{
+  const char *slash = strrchr(p->path, '/');
+  const char *base = slash != NULL ? slash + 1 : p->path;
+  struct stat image, here;
+  int dfd, fd;
+
+  if ((dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1)
+    return -errno;
+  fd = open_at(dfd, name, true);
+  if (fd >= 0 && (fstat(p->fd, &image) == -1 || base[0] == '\0'
+                  || fstatat(dfd, base, &here, 0) == -1
+                  || image.st_dev != here.st_dev
+                  || image.st_ino != here.st_ino)) {
+    close(fd);
+    fd = -ESTALE;
+  }
+  close(dfd);
+  return fd;
 }
 
 struct fde_owner
@@ -380,7 +422,7 @@ open_path(const struct fde_open_params *p, const char *what,
     fd = open_resolved(NULL, path);
   else {
     fd = (dir = dir_before(path, inside)) != NULL
-      ? open_resolved(dir, inside) : -errno;
+      ? open_beside_image(p, dir, inside) : -errno;
     free(dir);
   }
   if (fd >= 0)
@@ -395,6 +437,10 @@ open_path(const struct fde_open_params *p, const char *what,
   else if (fd == -ELOOP)
     fde_error("%s: %s %s: a /proc magic link or too many levels of "
               "symbolic links: refused", p->path, what, path);
+  else if (fd == -ESTALE)
+    fde_error("%s: %s %s: the image's directory was renamed or replaced "
+              "while the image was being opened: refused", p->path, what,
+              path);
   else if (fd == -ENOSYS)
     fde_error("%s: %s %s: this kernel has no openat2 (Linux 5.6 or later) "
               "to open it safely: refused", p->path, what, path);

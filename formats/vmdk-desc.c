@@ -121,7 +121,7 @@ scan_int(struct scan *s, int64_t *v)
 /* The fields of an extent line (QEMU's five conversions) and how many of
  * them were read (sscanf's count), or -errno (logged) for a field we
  * refuse where QEMU would go on: a name over VMDK_NAME_MAX bytes, a
- * number past 64 bits. */
+ * number outside the signed 64-bit range (QEMU reads them as int64_t). */
 struct extent_fields {
   char access[WORD_MAX + 1], type[WORD_MAX + 1];
   int64_t sectors, offset;
@@ -165,7 +165,8 @@ scan_fields(struct scan *s, struct extent_fields *f, const char *where)
 number:
   if (r == 0)
     return f->name != NULL ? 4 : 1;
-  fde_error("%s: VMDK extent line has a number past 64 bits", where);
+  fde_error("%s: VMDK extent line has a number outside the signed 64-bit "
+            "range", where);
   return -EINVAL;
 }
 

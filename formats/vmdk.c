@@ -347,6 +347,11 @@ open_text(struct vmdk_disk *v, const struct fde_open_params *p,
   struct vmdk_desc desc;
   int r = vmdk_desc_parse(text, p->path, &desc);
 
+  if (r == 0 && desc.n_ext == 0) {
+    /* QEMU 7.2 fails an assertion (s->num_extents) on it */
+    fde_error("%s: VMDK descriptor names no extents", p->path);
+    r = -EINVAL;
+  }
   if (r == 0) {
     memcpy(v->create_type, desc.create_type, sizeof v->create_type);
     v->ddb = desc.ddb;

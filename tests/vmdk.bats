@@ -294,6 +294,13 @@ flat_desc() {
   sed "s|^RW .*|$2|" tmpl.vmdk >"$1"
 }
 
+@test "a descriptor with no extent lines, or whose only one has an empty name, is refused (QEMU 7.2 fails an assertion on both)" {
+  printf '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n' >none.vmdk
+  expect_refused none.vmdk "none.vmdk: VMDK descriptor names no extents"
+  flat_desc emptyname.vmdk 'RW 8 FLAT "" 0'
+  expect_refused emptyname.vmdk "emptyname.vmdk: VMDK descriptor names no extents"
+}
+
 @test "a descriptor naming /etc/passwd, ../ files or a device as an extent is refused by name or by type" {
   flat_desc ok.vmdk 'RW 2048 FLAT "tmpl-flat.vmdk" 0'
   start_export ok.vmdk                          # the control opens

@@ -406,6 +406,51 @@ test_open_file_links(const struct fde_open_params *p, const char *ext)
   unlink(out);
 }
 
+/* An extent is opened beneath the directory the image was opened from,
+ * not whatever its name names later: the image dir/sub/top opened, then
+ * sub swapped for a symlink to a directory holding another s.vmdk (and
+ * no top): -ESTALE, nothing opened.  With sub back, the extent opens. */
+static void
+test_open_file_swapped(void)
+{
+  char sub[64], old[64], other[64], name[96], *path = NULL;
+  struct fde_open_params p;
+  int fd;
+
+  snprintf(sub, sizeof sub, "%s/sub", dir);
+  snprintf(old, sizeof old, "%s/sub.old", dir);
+  snprintf(other, sizeof other, "%s/other", dir);
+  CHECK(mkdir(sub, 0700) == 0 && mkdir(other, 0700) == 0);
+  make_file("sub/top", "top", 3, name);
+  make_file("sub/s.vmdk", "mine", 4, name);
+  make_file("other/s.vmdk", "secret", 6, name);
+  snprintf(name, sizeof name, "%s/top", sub);
+  p = params_for(name, NULL);
+  CHECK(rename(sub, old) == 0 && symlink("other", sub) == 0);
+  fd = fde_chain_open_file(&p, "s.vmdk", "extent file", &path);
+  CHECK(fd == -ESTALE && path == NULL);
+  if (fd >= 0)
+    close(fd);
+  CHECK(unlink(sub) == 0 && rename(old, sub) == 0);
+  fd = fde_chain_open_file(&p, "s.vmdk", "extent file", &path);
+  CHECK(fd >= 0);
+  if (fd >= 0) {
+    char buf[4];
+    CHECK(pread(fd, buf, 4, 0) == 4 && memcmp(buf, "mine", 4) == 0);
+    close(fd);
+  }
+  free(path);
+  close(p.fd);
+  snprintf(name, sizeof name, "%s/top", sub);
+  unlink(name);
+  snprintf(name, sizeof name, "%s/s.vmdk", sub);
+  unlink(name);
+  snprintf(name, sizeof name, "%s/s.vmdk", other);
+  unlink(name);
+  rmdir(sub);
+  rmdir(other);
+}
+
 /* fde_chain_open_file: the descriptor and the resolved name. */
 static void
 test_open_file(void)
@@ -449,6 +494,7 @@ main(void)
   test_open();
   test_depth();
   test_open_file();
+  test_open_file_swapped();
   rmdir(dir);
   if (failures > 0) {
     fprintf(stderr, "chain-test: %d checks failed\n", failures);
