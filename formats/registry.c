@@ -25,7 +25,10 @@ fde_disk_open(const struct fde_format *format,
               const struct fde_open_params *params, struct fde_disk **out)
 {
   struct fde_chain *chain = params->chain;
-  bool nested = chain != NULL && chain->depth > 0;
+  /* a layer deep in the chain is named after the exported image, unless
+   * it has the same name (a chain looping back to the top) */
+  bool nested = chain != NULL && chain->depth > 0 && chain->top != NULL
+                && strcmp(chain->top, params->path) != 0;
   int r;
 
   if (chain != NULL && chain->depth == 0)
