@@ -411,9 +411,11 @@ requires_listing_tools() {
 @test "--probe on a GPT whose headers both fail their CRC: no partitions, and libblkid's verdict" {
   requires_listing_tools
   make_gpt_disk disk.raw table-only
-  # one byte of each header's CRC field (offset 16 of LBA 1 and of the last LBA)
-  printf '\x01' | dd of=disk.raw bs=1 seek=$((512 + 16)) conv=notrunc status=none
-  printf '\x01' | dd of=disk.raw bs=1 seek=$((64 * 1048576 - 512 + 16)) conv=notrunc status=none
+  # invert one byte of each header's CRC field (offset 16 of LBA 1 and of
+  # the last LBA): writing a fixed byte left a CRC that already held it
+  # valid (the GUIDs, and so the CRCs, are random), and the test failed
+  invert_byte disk.raw $((512 + 16))
+  invert_byte disk.raw $((64 * 1048576 - 512 + 16))
   [ "$(blkid -p -o value -s PTTYPE disk.raw)" = PMBR ] ||
     fail "blkid -p accepts the table: the image is not what the test needs"
   qemu-img convert -O qcow2 disk.raw disk.qcow2
@@ -421,6 +423,15 @@ requires_listing_tools() {
   assert_line --regexp '^partition-table: none libblkid accepts \(.*bad CRC\)$'
   refute_line --regexp '^partition [0-9]'
   assert_line "contents: nothing libblkid recognises"
+}
+
+# invert_byte FILE OFFSET: replace the byte at OFFSET by its complement,
+# which always differs from it.
+invert_byte() {
+  local byte
+  byte=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
+  printf "\\$(printf %03o $((byte ^ 255)))" |
+    dd of="$1" bs=1 seek="$2" conv=notrunc status=none
 }
 
 # check_type_names LABEL TYPE...: a table of LABEL with one small partition
