@@ -25,7 +25,11 @@
  * read is failed in turn through the I/O seam (fde_io_fault_arm), which
  * must surface as the error, never as wrong data, and leave the extent
  * readable on retry (at most FDE_FAULT_CAP calls per image, default 60,
- * 20 with sanitizers, spread evenly); and four threads read at random
+ * 20 with sanitizers, spread evenly); every malloc, calloc and realloc
+ * of an open and read (of these images and of a hand-built stream of
+ * 1 MiB grains, whose big compressed grain needs inflate_grain's realloc)
+ * is failed in turn the same way and must surface as -ENOMEM or be done
+ * without; and four threads read at random
  * through a small decompressed-grain cache (for ThreadSanitizer).
  * Last, one disk's budgets (formats/vmdk.c): a grain directory over the
  * disk's gd_budget is -E2BIG, a stream given less than a grain of cache
@@ -41,6 +45,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -895,6 +901,220 @@ check_faults(const char *name, const char *path)
   free(want);
 }
 
+/* ---- allocation faults ----------------------------------------------- */
+
+/* This test is linked with -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc
+ * (Makefile.am): the calls of its own objects and of libformats.a go
+ * through these (libc's, zlib's and libdeflate's own allocations do not).
+ * Armed with n > 0, the nth call from then on returns NULL; armed with 0,
+ * calls are only counted.  One thread at a time arms it. */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t k, size_t n);
+void *__real_realloc(void *p, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t k, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+
+static _Atomic bool alloc_armed;
+static _Atomic uint64_t alloc_calls, alloc_fail_at, alloc_failed;
+static _Atomic bool alloc_failed_realloc;   /* the failed call a realloc */
+
+static bool
+alloc_fails(bool is_realloc)
+{
+  if (!alloc_armed)
+    return false;
+  uint64_t n = ++alloc_calls;
+  if (n != alloc_fail_at)
+    return false;
+  alloc_failed++;
+  alloc_failed_realloc = is_realloc;
+  return true;
+}
+
+void *
+__wrap_malloc(size_t n)
+{
+  return alloc_fails(false) ? NULL : __real_malloc(n);
+}
+
+void *
+__wrap_calloc(size_t k, size_t n)
+{
+  return alloc_fails(false) ? NULL : __real_calloc(k, n);
+}
+
+void *
+__wrap_realloc(void *p, size_t n)
+{
+  return alloc_fails(true) ? NULL : __real_realloc(p, n);
+}
+
+static void
+alloc_fault_arm(uint64_t nth)
+{
+  alloc_calls = 0;
+  alloc_failed = 0;
+  alloc_fail_at = nth;
+  alloc_armed = true;
+}
+
+static void
+alloc_fault_disarm(void)
+{
+  alloc_armed = false;
+}
+
+/* A streamOptimized extent (version 3, compressed grains with markers,
+ * deflate, an embedded descriptor) of 1 MiB grains, which qemu-img cannot
+ * make (it writes 64 KiB ones): grain 0 random (its compressed size, over
+ * 1 MiB, needs more than the first 256 KiB read after the marker: the
+ * realloc of inflate_grain), grain 1 unallocated, grain 2 a pattern,
+ * grain 3 random and partial (capacity 3.5 MiB + 4 KiB).  QEMU reads it:
+ * the oracle decides.  As tests/vmdk.bats's big_grain_stream. */
+static void
+make_big_grain_stream(const char *path)
+{
+  const uint64_t g = 2048, cap = 3 * g + 1024 + 8;      /* sectors */
+  const size_t grain = (size_t) g * 512;
+  uint8_t h[512] = { 0 }, *data = malloc(grain), *z;
+  uint8_t *gt = calloc(4, 512);
+  char desc[20 * 512] = { 0 };
+  uLongf zlen;
+  uint64_t at = 128;                                    /* next sector */
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+  CHECK(fd >= 0 && data && gt, "big-grain stream: create");
+  memcpy(h, "KDMV", 4);
+  memcpy(h + 4, &(uint32_t) { htole32(3) }, 4);
+  memcpy(h + 8, &(uint32_t) { htole32(1 | 1 << 16 | 1 << 17) }, 4);
+  memcpy(h + 12, &(uint64_t) { htole64(cap) }, 8);
+  memcpy(h + 20, &(uint64_t) { htole64(g) }, 8);
+  memcpy(h + 28, &(uint64_t) { htole64(1) }, 8);        /* descriptor */
+  memcpy(h + 36, &(uint64_t) { htole64(20) }, 8);
+  memcpy(h + 44, &(uint32_t) { htole32(512) }, 4);      /* GTEs per GT */
+  memcpy(h + 56, &(uint64_t) { htole64(21) }, 8);       /* GD */
+  memcpy(h + 64, &(uint64_t) { htole64(128) }, 8);      /* overhead */
+  memcpy(h + 73, "\n \r\n", 4);
+  h[77] = 1;                                            /* deflate */
+  snprintf(desc, sizeof desc, "# Disk DescriptorFile\nversion=1\n"
+           "CID=12345678\nparentCID=ffffffff\ncreateType=\"streamOptimized\""
+           "\nRW %" PRIu64 " SPARSE \"%s\"\n", cap, strrchr(path, '/') + 1);
+  CHECK(pwrite(fd, h, 512, 0) == 512
+        && pwrite(fd, desc, sizeof desc, 512) == (ssize_t) sizeof desc
+        && pwrite(fd, &(uint32_t) { htole32(22) }, 4, 21 * 512) == 4,
+        "big-grain stream: header");
+  z = malloc(compressBound(grain) + 12);
+  for (uint32_t i = 0; i < 4 && z; i++) {
+    size_t n = i == 3 ? (size_t) (cap - 3 * g) * 512 : grain;
+    if (i == 1)
+      continue;
+    for (size_t k = 0; k < n; k += 8) {
+      uint64_t r = i == 2 ? 0x0706050403020100u + k * 0x0808080808080808u
+                          : next_random();
+      memcpy(data + k, &r, 8);
+    }
+    zlen = compressBound(grain);
+    CHECK(compress(z + 12, &zlen, data, n) == Z_OK, "compress");
+    memcpy(z, &(uint64_t) { htole64(i * g) }, 8);
+    memcpy(z + 8, &(uint32_t) { htole32((uint32_t) zlen) }, 4);
+    memcpy(gt + 4 * i, &(uint32_t) { htole32((uint32_t) at) }, 4);
+    CHECK(pwrite(fd, z, zlen + 12, (off_t) at * 512) == (ssize_t) zlen + 12,
+          "big-grain stream: grain %" PRIu32, i);
+    at += (zlen + 12 + 511) / 512;
+  }
+  CHECK(pwrite(fd, gt, 4 * 512, 22 * 512) == 4 * 512
+        && ftruncate(fd, (off_t) at * 512) == 0, "big-grain stream: GT");
+  close(fd);
+  free(z);
+  free(gt);
+  free(data);
+}
+
+/* Open, read everything in 1 MiB pieces, then 4 KiB pieces at a stride
+ * (partial reads of compressed grains, through the cache), with the nth
+ * allocation failing (0: none fails); the first error, which must never
+ * be wrong data; then, disarmed, everything must read right. */
+static int
+alloc_run(const char *name, const char *path, const uint8_t *want,
+          size_t len, uint64_t nth, bool *wrong)
+{
+  uint8_t *buf = malloc(1 << 20);
+  struct vmdk_sparse *s;
+  int fd, r, first;
+
+  alloc_fault_arm(nth);
+  first = r = open_extent(path, 256 * 1024, &fd, &s);
+  for (uint64_t off = 0; r == 0 && off < len; off += 1 << 20) {
+    size_t n = len - off < (1 << 20) ? len - off : 1 << 20;
+    int rr = vmdk_sparse_read(s, buf, n, off);
+    if (rr == 0 && memcmp(buf, want + off, n) != 0)
+      *wrong = true;
+    if (rr < 0 && first == 0)
+      first = rr;
+  }
+  for (uint64_t off = 512; r == 0 && off + 4096 <= len; off += 333333) {
+    int rr = vmdk_sparse_read(s, buf, 4096, off);
+    if (rr == 0 && memcmp(buf, want + off, 4096) != 0)
+      *wrong = true;
+    if (rr < 0 && first == 0)
+      first = rr;
+  }
+  alloc_fault_disarm();
+  for (uint64_t off = 0; r == 0 && off < len; off += 1 << 20) {
+    size_t n = len - off < (1 << 20) ? len - off : 1 << 20;
+    int rr = vmdk_sparse_read(s, buf, n, off);
+    CHECK(rr == 0 && memcmp(buf, want + off, n) == 0,
+          "%s: allocation %" PRIu64 " failed: retry at %" PRIu64 " fails "
+          "(%d)", name, nth, off, rr);
+  }
+  if (r == 0)
+    close_extent(fd, s);
+  else
+    close(fd);
+  free(buf);
+  return first;
+}
+
+/* Fail each allocation of an open and read of path in turn: each must
+ * surface as -ENOMEM, or be done without (a grain table the GT cache
+ * could not keep is served uncached), never as wrong data or a crash,
+ * and leave the extent readable on retry.  want_realloc: a failed
+ * realloc (inflate_grain's second read) must be among the -ENOMEMs. */
+static void
+check_alloc_faults(const char *name, const char *path, bool want_realloc)
+{
+  size_t len;
+  uint8_t *want = oracle(path, &len);
+  bool wrong = false, realloc_seen = false;
+  uint64_t k, injected = 0, surfaced = 0;
+
+  if (!want)
+    return;
+  CHECK(alloc_run(name, path, want, len, 0, &wrong) == 0 && !wrong,
+        "%s: unfaulted run", name);
+  k = alloc_calls;
+  for (uint64_t n = 1; n <= k; n++) {
+    int r = alloc_run(name, path, want, len, n, &wrong);
+    injected += alloc_failed;
+    CHECK(!wrong, "%s: allocation %" PRIu64 " failed: wrong data", name, n);
+    CHECK(r == -ENOMEM || r == 0, "%s: allocation %" PRIu64 " failed: "
+          "returned %d, not -ENOMEM", name, n, r);
+    surfaced += r == -ENOMEM;
+    realloc_seen |= r == -ENOMEM && alloc_failed_realloc;
+  }
+  CHECK(injected == k, "%s: %" PRIu64 " of %" PRIu64 " allocations failed",
+        name, injected, k);
+  CHECK(surfaced > 0, "%s: no failed allocation surfaced", name);
+  CHECK(realloc_seen || !want_realloc, "%s: no failed realloc surfaced",
+        name);
+  printf("  %s: each of its %" PRIu64 " allocations failed in turn: %"
+         PRIu64 " surfaced as -ENOMEM (%s), the others were done "
+         "without\n", name, k, surfaced,
+         realloc_seen ? "a realloc among them" : "mallocs");
+  free(want);
+}
+
 /* ---- threads --------------------------------------------------------- */
 
 struct reader {
@@ -1252,6 +1472,13 @@ main(void)
   check_faults("monolithicSparse", mono);
   check_faults("streamOptimized", stream);
   check_faults("cowd", cowd);
+  puts("allocation faults:");
+  make_big_grain_stream(path_of("big-grain.vmdk"));
+  check_image("1 MiB-grain stream", path_of("big-grain.vmdk"), 1u << 20,
+              false);
+  check_alloc_faults("1 MiB-grain stream", path_of("big-grain.vmdk"), true);
+  check_alloc_faults("streamOptimized", stream, false);
+  check_alloc_faults("monolithicSparse", mono, false);
   puts("threads:");
   check_threads("streamOptimized", stream);
   check_threads("monolithicSparse", mono);
