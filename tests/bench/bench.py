@@ -25,6 +25,9 @@
 #     only, qcow images only);
 #   * runs the same jobs on a plain raw file in the host page cache (direct=0,
 #     no invalidation) as a ceiling;
+#   * issue 13's fresh overlays: the same jobs on a new empty qcow2 overlay
+#     for every run (allocating writes; see bench_fresh), and tar -x of a
+#     large tree into ext4 on a fresh overlay's partition (bench_tar);
 #   * times "fuse-disk-export -d" on 100 GiB and 1 TiB sparse qcow2 images
 #     (command to live view) next to qemu-storage-daemon's export and
 #     "qemu-img convert -O raw" of the same image;
@@ -66,6 +69,8 @@
 #   BENCH_SIZE=1G   image size        BENCH_RUNTIME=5  seconds per job run
 #   BENCH_REPEAT=3  runs per job      BENCH_BIG_SIZE=100G,1T  startup sizes
 #   BENCH_DIR       scratch parent    BENCH_JOBS / BENCH_IMAGES  comma lists
+#   BENCH_TAR_TREE=/usr/share  trees the tar job extracts
+#   BENCH_TAR_DISK=4G          the tar job's disk
 #
 # Needs root (FUSE mounts on files), fio, qemu-utils; qemu-system-common
 # (qemu-storage-daemon) and libqcow-utils (qcowmount) are optional peers.
@@ -110,7 +115,10 @@ FIO_COMMON = dict(time_based=1, fallocate="none", allow_file_create=0,
 IMAGES = [("raw", "raw"), ("qcow2-full", "qcow2"), ("qcow2-zstd", "qcow2"),
           ("qcow2-chain-top", "qcow2"),
           ("vmdk-sparse", "vmdk"), ("vmdk-stream", "vmdk"), ("vhdx", "vhdx"),
-          ("vdi", "vdi"), ("vhd", "vpc")]
+          ("vdi", "vdi"), ("vhd", "vpc"),
+          ("fresh-overlay", "qcow2"), ("fresh-raw", "raw"), ("tar", "qcow2")]
+# Of these, made per run by bench_fresh and bench_tar, not by make_images.
+PER_RUN = ("fresh-overlay", "fresh-raw", "tar")
 
 # Issue 12's images: qemu-img convert of the raw image with these options.
 # Each is one format served read-only: only the read jobs run on it, and
@@ -405,9 +413,15 @@ def fio_run(job, path, size, runtime, extra=None):
     opts.update(extra or {})
     opts.update(name=job[0], filename=path, size=size, runtime=runtime)
     cmd = ["fio", "--output-format=json"] + [f"--{k}={v}" for k, v in opts.items()]
+    return fio_parse(cmd, "write" if "write" in opts["rw"] else "read", runtime + 120)
+
+
+def fio_parse(cmd, side, timeout):
+    """Run fio (cmd, JSON output); (iops, bytes/s) summed over its jobs for
+    side ("read" or "write"), or raise with the reason."""
     try:
         p = subprocess.run(cmd, text=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=runtime + 120)
+                           stderr=subprocess.PIPE, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError("fio timed out")
     out = p.stdout
@@ -432,7 +446,6 @@ def fio_run(job, path, size, runtime, extra=None):
         else:
             reason = f"fio exit {p.returncode}"
         raise RuntimeError(reason[:200])
-    side = "write" if "write" in opts["rw"] else "read"
     iops = sum(j[side]["iops"] for j in data["jobs"])
     bw = sum(j[side]["bw_bytes"] for j in data["jobs"])
     return iops, bw
@@ -463,7 +476,7 @@ def make_images(cfg, d, wanted):
         notes.append("qcow2 images skipped: qemu-img/qemu-io missing (qemu-utils)")
         return imgs, notes
     full = os.path.join(d, "full.qcow2")
-    if any(n in ("qcow2-full", "qcow2-chain-top") for n in wanted):
+    if any(n in ("qcow2-full", "qcow2-chain-top", "fresh-overlay") for n in wanted):
         log("converting to a fully allocated qcow2")
         run(["qemu-img", "convert", "-S", "0", "-f", "raw", "-O", "qcow2", src, full])
         imgs["qcow2-full"] = (full, "qcow2")
@@ -566,6 +579,215 @@ def bench_startup(cfg, d, fde, results, notes):
     return times
 
 
+# ---------------------------------------------------------------- fresh overlays
+#
+# Issue 13: what users write first is a fresh overlay (qemu-img create -b),
+# where every write allocates.  Each run of each job gets a new empty
+# qcow2 overlay over the pristine fully allocated qcow2 (the base), served
+# by us and by qemu-storage-daemon, next to our export of a new sparse raw
+# file of the same size (the in-place ceiling: FRESH_RAW).  The write jobs
+# are sized so that every write allocates: seq-write-1M writes the disk
+# once; the 4 KiB random writes replay (fio read_iolog) a shuffled list of
+# every cluster of the disk, one 4 KiB write at a random 4 KiB offset of
+# each, split in two halves for the two jobs of the aio16x2 job.  The read
+# jobs read through the empty overlay from the base.
+
+FRESH = "fresh-overlay"
+FRESH_RAW = "fresh-raw"
+CLUSTER = 64 << 10                      # qemu-img create's default
+
+
+def fresh_image(kind, base, path, size):
+    """A new empty image at path: an overlay over base, or sparse raw."""
+    if os.path.exists(path):
+        os.unlink(path)
+    if kind == FRESH:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+             f"cluster_size={CLUSTER}", "-b", os.path.abspath(base), "-F", "qcow2", path])
+    else:
+        with open(path, "wb") as f:
+            f.truncate(size)
+
+
+def cluster_iologs(view, size, parts, seed):
+    """fio iolog texts (version 2) for `parts` jobs: every cluster of the
+    disk once, in a shuffled order, a 4 KiB write at a random 4 KiB
+    offset inside it; the list split evenly between the jobs."""
+    import random
+    rnd = random.Random(seed)
+    offs = [c + rnd.randrange(CLUSTER // 4096) * 4096 for c in range(0, size, CLUSTER)]
+    rnd.shuffle(offs)
+    logs = []
+    for i in range(parts):
+        lines = ["fio version 2 iolog", f"{view} add", f"{view} open"]
+        lines += [f"{view} write {o} 4096" for o in offs[i::parts]]
+        lines.append(f"{view} close")
+        logs.append("\n".join(lines) + "\n")
+    return logs
+
+
+def fresh_fio(job, view, cfg, wdir, seed):
+    """One run of job on a fresh view: (iops, bytes/s)."""
+    name, is_write, opts = job
+    if not is_write:
+        return fio_run(job, view, cfg.size, cfg.runtime)
+    if opts["rw"] == "write":           # one pass: every 1 MiB allocates
+        return fio_run(job, view, cfg.size, cfg.runtime * 20,
+                       extra=dict(time_based=0))
+    parts = opts.get("numjobs", 1)
+    jobfile = [f"[global]\nioengine={opts['ioengine']}\ndirect={opts['direct']}\n"
+               f"iodepth={opts.get('iodepth', 1)}\nreplay_no_stall=1\n"
+               "group_reporting=1\n"]
+    for i, text in enumerate(cluster_iologs(view, cfg.size, parts, seed)):
+        log_path = os.path.join(wdir, f"{name}-{i}.iolog")
+        with open(log_path, "w") as f:
+            f.write(text)
+        jobfile.append(f"[{name}-{i}]\nread_iolog={log_path}\n")
+    path = os.path.join(wdir, f"{name}.fio")
+    with open(path, "w") as f:
+        f.write("".join(jobfile))
+    return fio_parse(["fio", "--output-format=json", path], "write",
+                     cfg.runtime * 20 + 120)
+
+
+def bench_fresh(peers, cfg, base, work, res, notes):
+    """Every job of cfg on a fresh overlay (ours, qemu-storage-daemon) and
+    a fresh sparse raw file (ours), each run on new images, the views
+    taking turns run by run; medians into res[(peer, image, job)]."""
+    views = [(FRESH, p) for p in peers if p.writes and p.supports("qcow2")]
+    views.append((FRESH_RAW, peers[0]))
+    wdir = os.path.join(work, "fresh")
+    os.makedirs(wdir, exist_ok=True)
+    for job in ordered_jobs(cfg):
+        log(f"fresh overlay: {job[0]}")
+        runs = {(img, p.name): [] for img, p in views}
+        for rep in range(cfg.repeat):
+            for img, proto in views:
+                key = (img, proto.name)
+                if runs[key] is None:
+                    continue
+                peer = proto.fresh()
+                path = os.path.join(wdir, f"{img}.{'qcow2' if img == FRESH else 'raw'}")
+                try:
+                    fresh_image(img, base, path, cfg.size)
+                    os.sync()
+                    view = peer.start(path, "qcow2" if img == FRESH else "raw", wdir)
+                    runs[key].append(fresh_fio(job, view, cfg, wdir, rep))
+                except Exception as e:  # noqa: BLE001
+                    runs[key] = None
+                    notes.append(f"{proto.name} on {img}, {job[0]}: {e}")
+                finally:
+                    peer.cleanup()
+        for (img, name), rs in runs.items():
+            res[(name, img, job[0])] = NA_ERR if rs is None else (
+                statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+    shutil.rmtree(wdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- tar -x
+#
+# Issue 13's whole job: tar -x of a large tree (BENCH_TAR_TREE, made into
+# a tarball once) into ext4 on partition 1 of a fresh overlay over a disk
+# holding an empty ext4 (BENCH_TAR_DISK, GPT), then sync; timed as a
+# whole.  The partition is mounted through a loop device at its offset for
+# every contender alike: our view of the overlay, qemu-storage-daemon's,
+# and (the baseline) a copy of the raw disk itself.
+
+TAR_PART_START = 1 << 20
+TAR_OURS, TAR_QSD, TAR_LOOP = ("fuse-disk-export", "qemu-storage-daemon",
+                               "ext4 on a raw file through a loop device")
+
+
+def make_tar_inputs(cfg, work):
+    """(tarball, raw disk, qcow2 base of the same disk)."""
+    tarball = os.path.join(work, "tree.tar")
+    log(f"tar job: a tarball of {', '.join(cfg.tar_tree)}")
+    run(["tar", "-cf", tarball, "--one-file-system"] + cfg.tar_tree,
+        stderr=subprocess.DEVNULL)
+    raw = os.path.join(work, "tar-disk.raw")
+    with open(raw, "wb") as f:
+        f.truncate(cfg.tar_disk)
+    run(["sfdisk", "--quiet", raw], input="label: gpt\nstart=2048, type=linux\n")
+    dev = run(["losetup", "--find", "--show", f"--offset={TAR_PART_START}",
+               f"--sizelimit={tar_part_size(cfg)}", raw]).stdout.strip()
+    try:
+        run(["mkfs.ext4", "-q", "-F", dev])
+    finally:
+        run(["losetup", "-d", dev])
+    base = os.path.join(work, "tar-base.qcow2")
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, base])
+    os.sync()
+    return tarball, raw, base
+
+
+def tar_part_size(cfg):
+    # GPT: the partition ends 34 sectors before the disk (backup table)
+    return (cfg.tar_disk - TAR_PART_START - 34 * 512) // 4096 * 4096
+
+
+def tar_once(cfg, tarball, disk, wdir):
+    """Mount partition 1 of disk (a view or a raw file) through a loop
+    device, time tar -x of tarball into it and a sync; unmount."""
+    mnt = os.path.join(wdir, "mnt")
+    os.makedirs(mnt, exist_ok=True)
+    dev = run(["losetup", "--find", "--show", f"--offset={TAR_PART_START}",
+               f"--sizelimit={tar_part_size(cfg)}", disk]).stdout.strip()
+    try:
+        run(["mount", "-t", "ext4", dev, mnt])
+        try:
+            os.sync()
+            t0 = time.monotonic()
+            run(["tar", "-xf", tarball, "-C", mnt])
+            os.sync()
+            return time.monotonic() - t0
+        finally:
+            run(["umount", mnt])
+    finally:
+        run(["losetup", "-d", dev])
+
+
+def bench_tar(peers, cfg, work, notes):
+    """{contender: median seconds or None} for the tar job."""
+    for cmd in ("tar", "sfdisk", "mkfs.ext4", "losetup", "mount"):
+        if not have(cmd):
+            notes.append(f"tar job skipped: {cmd} missing")
+            return {}
+    wdir = os.path.join(work, "tar")
+    os.makedirs(wdir, exist_ok=True)
+    try:
+        tarball, raw, base = make_tar_inputs(cfg, wdir)
+    except Exception as e:              # noqa: BLE001
+        notes.append(f"tar job skipped: {e}")
+        return {}
+    contenders = [(p.name, p) for p in peers if p.writes and p.supports("qcow2")]
+    contenders.append((TAR_LOOP, None))
+    times = {name: [] for name, _ in contenders}
+    for _ in range(cfg.repeat):
+        for name, proto in contenders:
+            if times[name] is None:
+                continue
+            peer = proto.fresh() if proto else None
+            disk = os.path.join(wdir, "disk.qcow2" if proto else "disk.raw")
+            try:
+                if proto:
+                    fresh_image(FRESH, base, disk, 0)
+                    view = peer.start(disk, "qcow2", wdir)
+                else:
+                    run(["cp", "--sparse=always", raw, disk])
+                    view = disk
+                times[name].append(tar_once(cfg, tarball, view, wdir))
+            except Exception as e:      # noqa: BLE001
+                times[name] = None
+                notes.append(f"tar job, {name}: {e}")
+            finally:
+                if peer:
+                    peer.cleanup()
+                if os.path.exists(disk):
+                    os.unlink(disk)
+    shutil.rmtree(wdir, ignore_errors=True)
+    return {n: None if t is None else statistics.median(t) for n, t in times.items()}
+
+
 # ---------------------------------------------------------------- report
 
 def cell(r):
@@ -576,7 +798,7 @@ def cell(r):
     return f"{r[0]:,.0f} / {r[1] / MiB:,.1f}"
 
 
-def report(cfg, res, ceiling, startup, rss, notes, peers, images):
+def report(cfg, res, ceiling, startup, rss, notes, peers, images, tar_times):
     L = []
     L.append("# fuse-disk-export benchmark")
     L.append("")
@@ -605,9 +827,21 @@ def report(cfg, res, ceiling, startup, rss, notes, peers, images):
                 ratio = f"{ours[0] / max(best):.2f}"
             L.append(f"| {img} | {job[0]} | " + " | ".join(cell(r) for r in row) + f" | {ratio} |")
     L.append("")
-    rows = target_rows(res, startup, peers, images, [j[0] for j in ordered_jobs(cfg)])
+    if tar_times:
+        L.append(f"## tar -x of {', '.join(cfg.tar_tree)} into ext4 on a fresh overlay, then sync")
+        L.append("")
+        L.append(f"({fmt_size(cfg.tar_disk)} disk, partition 1 mounted through a loop "
+                 f"device; median of {cfg.repeat} runs)")
+        L.append("")
+        L.append("| contender | seconds |")
+        L.append("|---|---:|")
+        for name, t in tar_times.items():
+            L.append(f"| {name} | {NA_ERR if t is None else f'{t:.2f}'} |")
+        L.append("")
+    rows = target_rows(res, startup, peers, images, [j[0] for j in ordered_jobs(cfg)],
+                       tar_times)
     if rows:
-        L.append("## Targets (issues 6 and 12)")
+        L.append("## Targets (issues 6, 12 and 13)")
         L.append("")
         L.append("| target | measured | met |")
         L.append("|---|---|---|")
@@ -672,6 +906,10 @@ FLOOR = 0.9
 FOREIGN_TARGETS = {"seq-read-1M": 1.5, "rand-read-4k-qd1": 1.0,
                    "rand-read-4k-aio16x2": 1.0}
 QCOW2_VS_RAW = 0.85                     # "within 15% of the raw export"
+# Issue 13's on the fresh overlay: job -> least ratio; the tar job's.
+FRESH_TARGETS = {"seq-write-1M": 1.5, "rand-write-4k-qd1": 1.5,
+                 "rand-write-4k-aio16x2": 1.5}
+TAR_VS_QSD = 1.2
 STARTUP_LIMIT = (1 << 40, 0.050)        # -d on a 1 TiB sparse qcow2
 
 
@@ -685,9 +923,29 @@ def ours_vs_best(res, peers, img, job):
     return ours[0] / max(best)
 
 
-def target_rows(res, startup, peers, images, jobs):
+def target_rows(res, startup, peers, images, jobs, tar_times=None):
     """[(target, measured, met)] for the targets this run could measure."""
     rows = []
+    for job in jobs:
+        want = FRESH_TARGETS.get(job)
+        r = ours_vs_best(res, peers, FRESH, job)
+        if want is not None and r is not None:
+            rows.append((f"{job} on {FRESH} >= {want}x the best peer",
+                         f"{r:.2f}x", r >= want))
+    q = res.get((peers[0].name, FRESH, "seq-write-1M"))
+    r = res.get((peers[0].name, FRESH_RAW, "seq-write-1M"))
+    if isinstance(q, tuple) and isinstance(r, tuple) and r[0] > 0:
+        rows.append((f"seq-write-1M on {FRESH} within {100 - QCOW2_VS_RAW * 100:.0f}% "
+                     f"of ours on {FRESH_RAW}", f"{q[0] / r[0]:.2f} of raw",
+                     q[0] / r[0] >= QCOW2_VS_RAW))
+    t = (tar_times or {}).get(TAR_OURS)
+    if isinstance(t, float):
+        for other, want, what in ((TAR_QSD, TAR_VS_QSD, "qemu-storage-daemon"),
+                                  (TAR_LOOP, QCOW2_VS_RAW, "the loop device")):
+            o = tar_times.get(other)
+            if isinstance(o, float):
+                rows.append((f"tar job: {what}'s time / ours >= {want}",
+                             f"{o / t:.2f}", o / t >= want))
     for job in jobs:
         want = TARGETS.get(job)
         r = ours_vs_best(res, peers, TARGET_IMAGE, job)
@@ -834,10 +1092,16 @@ def parse_args():
                     help="comma list of images (BENCH_IMAGES)")
     ap.add_argument("--dir", default=env("BENCH_DIR", env("TMPDIR", "/var/tmp")),
                     help="parent of the scratch directory (BENCH_DIR, TMPDIR)")
+    ap.add_argument("--tar-tree", default=env("BENCH_TAR_TREE", "/usr/share"),
+                    help="comma list of trees the tar job extracts (BENCH_TAR_TREE)")
+    ap.add_argument("--tar-disk", default=env("BENCH_TAR_DISK", "4G"),
+                    help="disk size of the tar job (BENCH_TAR_DISK)")
     ap.add_argument("--out", default="bench-results.md", help="also write the table here")
     cfg = ap.parse_args()
     cfg.size = parse_size(cfg.size)
     cfg.big_sizes = [parse_size(z) for z in cfg.big_size.split(",") if z]
+    cfg.tar_tree = [t for t in cfg.tar_tree.split(",") if t]
+    cfg.tar_disk = parse_size(cfg.tar_disk)
     cfg.jobs = [j for j in cfg.jobs.split(",") if j]
     cfg.images = [i for i in cfg.images.split(",") if i]
     for j in cfg.jobs:
@@ -882,13 +1146,12 @@ def main():
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
 
-    res, rss, ceiling, startup = {}, {}, {}, {}
+    res, rss, ceiling, startup, tar_times = {}, {}, {}, {}, {}
     try:
         imgs = {}
         if have("fio"):
             imgs, n = make_images(cfg, work, cfg.images)
             notes += n
-            imgs = {k: v for k, v in imgs.items() if k in cfg.images}
 
             log("ceiling: plain raw file in the page cache")
             plain = working_copy(os.path.join(work, "raw.img"), os.path.join(work, "plain.raw"))
@@ -901,8 +1164,20 @@ def main():
                     notes.append(f"ceiling, {j[0]}: {e}")
             os.unlink(plain)
 
+            per_run = [i for i in PER_RUN if i in cfg.images]
+            # make_images may have built a base the list does not name
+            imgs = {k: v for k, v in imgs.items() if k in cfg.images}
             for group in image_groups(imgs):
                 bench_group(peers, cfg, group, work, res, rss, notes)
+            full = os.path.join(work, "full.qcow2")
+            if {"fresh-overlay", "fresh-raw"} & set(per_run):
+                if os.path.exists(full):
+                    bench_fresh(peers, cfg, full, work, res, notes)
+                    imgs.update({k: None for k in (FRESH, FRESH_RAW) if k in per_run})
+                else:
+                    notes.append("fresh overlays skipped: no qcow2 base (qemu-img missing)")
+            if "tar" in per_run and have("qemu-img"):
+                tar_times = bench_tar(peers, cfg, work, notes)
         else:
             notes.append("throughput skipped: fio missing")
 
@@ -913,7 +1188,8 @@ def main():
         else:
             notes.append("startup timing skipped: qemu-img missing")
 
-        text = report(cfg, res, ceiling, startup, rss, notes, peers, list(imgs))
+        text = report(cfg, res, ceiling, startup, rss, notes, peers, list(imgs),
+                      tar_times)
         print(text)
         with open(cfg.out, "w") as f:
             f.write(text + "\n")
