@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 struct fde_format;
 
@@ -410,18 +411,23 @@ const char *fde_pseudo_fs_of(int fd);
 
 /* ---- formats/io.c: the I/O seam -----------------------------------------
  *
- * Every pread, pwrite, fdatasync, fallocate and ftruncate a backend makes
- * on an image file (or a backing file) goes through the functions below
- * and through nothing else, so that the fault-injection test can make any
- * one of them fail (see "testing" below).  Offsets and lengths are bytes
- * of the file; fd and buf stay the caller's (nothing is kept after the
- * call).  Each returns -errno on failure (-EINVAL for an offset or length
- * past INT64_MAX) and does not retry EINTR itself (the *_full helpers
- * do).  Thread safe: they are the system calls plus an atomic counter. */
+ * Every pread, pwrite, pwritev, fdatasync, fallocate and ftruncate a
+ * backend makes on an image file (or a backing file) goes through the
+ * functions below and through nothing else, so that the fault-injection
+ * test can make any one of them fail (see "testing" below).  Offsets and
+ * lengths are bytes of the file; fd and buf stay the caller's (nothing is
+ * kept after the call).  Each returns -errno on failure (-EINVAL for an
+ * offset or length past INT64_MAX) and does not retry EINTR itself (the
+ * *_full helpers do).  Thread safe: they are the system calls plus an
+ * atomic counter. */
 
 /* One pread(2)/pwrite(2): bytes transferred (0 at end of file), or -errno. */
 ssize_t fde_io_pread(int fd, void *buf, size_t len, uint64_t off);
 ssize_t fde_io_pwrite(int fd, const void *buf, size_t len, uint64_t off);
+/* One pwritev(2) of iovcnt buffers, written one after the other from off:
+ * bytes written, or -errno. */
+ssize_t fde_io_pwritev(int fd, const struct iovec *iov, int iovcnt,
+                       uint64_t off);
 
 /* fdatasync(2): 0 or -errno.  After a real -EIO, Linux may already have
  * dropped the dirty pages that failed to reach the disk and cleared the
@@ -458,6 +464,13 @@ bool fde_file_data_run(int fd, uint64_t off, uint64_t len, uint64_t *run);
 /* pwrite() that retries short writes and EINTR; 0 or -errno. */
 int fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
+/* pwritev() of at most FDE_IOV_MAX buffers that retries short writes and
+ * EINTR: the buffers' bytes, one after the other, land at off.  0 or
+ * -errno (-EINVAL for more buffers).  iov is not changed. */
+#define FDE_IOV_MAX 8
+int fde_pwritev_full(int fd, const struct iovec *iov, int iovcnt,
+                     uint64_t off);
+
 /* ---- Testing only: fault injection at the I/O seam ----------------------
  *
  * For tests/unit/fault-test.c; the program never calls these.  Process
@@ -467,9 +480,9 @@ int fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
  * effect did not land. */
 
 /* Start counting seam calls from 0, and fail call number nth (1-based,
- * counted across pread, pwrite, fdatasync, fallocate and ftruncate alike;
- * a retried EINTR or a short transfer's next call counts again) with -err
- * (EIO if err <= 0).  nth == 0: count only, fail nothing. */
+ * counted across pread, pwrite, pwritev, fdatasync, fallocate and
+ * ftruncate alike; a retried EINTR or a short transfer's next call counts
+ * again) with -err (EIO if err <= 0).  nth == 0: count only, fail nothing. */
 void fde_io_fault_arm(uint64_t nth, int err);
 
 /* Stop counting and injecting; the counts stay readable. */

@@ -102,6 +102,20 @@ fde_io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
   return r < 0 ? -errno : r;
 }
 
+ssize_t
+fde_io_pwritev(int fd, const struct iovec *iov, int iovcnt, uint64_t off)
+{
+  int err = fault();
+  ssize_t r;
+
+  if (err)
+    return -err;
+  if (off > (uint64_t) INT64_MAX)
+    return -EINVAL;
+  r = pwritev(fd, iov, iovcnt, (off_t) off);
+  return r < 0 ? -errno : r;
+}
+
 int
 fde_io_fdatasync(int fd)
 {
@@ -207,6 +221,47 @@ fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
     p += r;
     off += (uint64_t) r;
     len -= (size_t) r;
+  }
+  return 0;
+}
+
+int
+fde_pwritev_full(int fd, const struct iovec *iov, int iovcnt, uint64_t off)
+{
+  struct iovec v[FDE_IOV_MAX];
+  uint64_t total = 0;
+  int i = 0;
+
+  if (iovcnt < 0 || iovcnt > FDE_IOV_MAX)
+    return -EINVAL;
+  for (int k = 0; k < iovcnt; k++) {
+    v[k] = iov[k];
+    total += v[k].iov_len;
+  }
+  if (off > (uint64_t) INT64_MAX - total)
+    return -EINVAL;
+  while (i < iovcnt) {
+    ssize_t r;
+    if (v[i].iov_len == 0) {
+      i++;
+      continue;
+    }
+    r = fde_io_pwritev(fd, v + i, iovcnt - i, off);
+    if (r == -EINTR)
+      continue;
+    if (r < 0)
+      return (int) r;
+    if (r == 0)
+      return -EIO;
+    off += (uint64_t) r;
+    while (r > 0) {             /* past what was written */
+      size_t m = (size_t) r < v[i].iov_len ? (size_t) r : v[i].iov_len;
+      v[i].iov_base = (char *) v[i].iov_base + m;
+      v[i].iov_len -= m;
+      r -= (ssize_t) m;
+      if (v[i].iov_len == 0)
+        i++;
+    }
   }
   return 0;
 }

@@ -453,14 +453,30 @@ reuse_free_cluster(struct qcow2_disk *q, uint64_t *host)
   return 0;
 }
 
-/* Allocate one cluster: a free one (free at open, or freed and past its
- * grace period), else append.  Its refcount becomes 1 (on disk); its
- * offset is stored in *host. */
+/* Allocate one cluster: qcow2_alloc_clusters for one. */
 int
 qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
 {
+  uint64_t got;
+
+  return qcow2_alloc_clusters(q, 1, host, &got);
+}
+
+/* Allocate up to want (>= 1) clusters, contiguous in the file: a free one
+ * (free at open, or freed and past its grace period; one at a time, as
+ * the free map hands them out), else a run appended at the end of the
+ * file, as long as one refblock covers it, so that one refcount update
+ * (one read and one write of its bytes) counts them all.  Their
+ * refcounts become 1 (on disk); the first one's offset in *host, their
+ * number in *got. */
+int
+qcow2_alloc_clusters(struct qcow2_disk *q, uint64_t want, uint64_t *host,
+                     uint64_t *got)
+{
+  uint64_t rbe = refblock_entries(q), max_clusters, n;
   int r;
 
+  *got = 1;
   if ((r = reuse_free_cluster(q, host)) != 0)
     return r < 0 ? r : 0;
   if (q->waiting.nr != 0 || q->freed.nr != 0) {
@@ -469,7 +485,8 @@ qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
       return r < 0 ? r : 0;
   }
 
-  if (q->next_free > QCOW2_MAX_HOST_OFFSET >> q->cluster_bits)
+  max_clusters = QCOW2_MAX_HOST_OFFSET >> q->cluster_bits;
+  if (q->next_free > max_clusters)
     return -EFBIG;
   /* A new refblock or reftable takes clusters at next_free, which then
    * needs covering in turn: repeat until a pass leaves next_free where it
@@ -484,10 +501,18 @@ qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
     if (q->next_free == before)
       break;
   }
-  if ((r = update_in_refblock(q, q->next_free, 1, 1)) < 0)
+  if (q->next_free > max_clusters)      /* the tables took the last ones */
+    return -EFBIG;
+  n = rbe - q->next_free % rbe;         /* what its refblock covers */
+  if (n > want)
+    n = want;
+  if (n > max_clusters - q->next_free + 1)
+    n = max_clusters - q->next_free + 1;
+  if ((r = update_in_refblock(q, q->next_free, n, 1)) < 0)
     return r;
   *host = q->next_free << q->cluster_bits;
-  q->next_free++;
+  *got = n;
+  q->next_free += n;
   grow_file_size(q);
   return 0;
 }

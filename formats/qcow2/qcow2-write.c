@@ -471,33 +471,272 @@ write_alloc(struct qcow2_disk *q, const void *buf, uint64_t n, uint64_t off)
   return r < 0 ? r : maybe_flush(q);
 }
 
-/* Where [off, off+n) can be written in place, if it can: a cluster of
- * ours, allocated, every touched subcluster allocated.  1 and *host, or 0. */
-static int
-in_place(struct qcow2_disk *q, uint64_t off, uint64_t n, uint64_t *host)
+/* Is [off, off+n), inside one cluster, writable in place by entry e: a
+ * cluster of ours, allocated, every touched subcluster allocated? */
+static bool
+entry_in_place(const struct qcow2_disk *q, const struct entry *e,
+               uint64_t off, uint64_t n)
 {
-  uint64_t l1_index = off / qcow2_l1_span(q), l1e;
+  return e->host && e->copied && !e->zero
+    && (!q->extended_l2
+        || ((uint32_t) e->bitmap & granule_mask(q, off, n))
+           == granule_mask(q, off, n));
+}
+
+/* How many bytes of [off, off+len) can be written in place with one
+ * pwrite: clusters of one L2 table, each writable in place, each
+ * following the previous one in the file (qemu-img convert and our own
+ * allocating runs lay them out so).  0 when the first cannot; else the
+ * bytes, and where they go in *host. */
+static uint64_t
+in_place_run(struct qcow2_disk *q, uint64_t off, uint64_t len,
+             uint64_t *host)
+{
+  uint64_t l1_index = off / qcow2_l1_span(q), l1e, done = 0, next = 0;
   uint32_t i = (off >> q->cluster_bits) & (qcow2_l2_entries(q) - 1);
   struct qcow2_l2_ref ref;
-  struct entry e;
-  int ok = 0;
 
   pthread_rwlock_rdlock(&q->map_lock);
   l1e = q->l1[l1_index];
   if ((l1e & QCOW_OFLAG_COPIED)
       && qcow2_l2_get(q, l1e & L1E_OFFSET_MASK, &ref) == 0) {
-    e = decode_entry(q, ref.table, i);
-    if (e.host && e.copied && !e.zero
-        && (!q->extended_l2
-            || ((uint32_t) e.bitmap & granule_mask(q, off, n))
-               == granule_mask(q, off, n))) {
-      *host = e.host + qcow2_offset_into_cluster(q, off);
-      ok = 1;
+    for (; i < qcow2_l2_entries(q) && done < len; i++) {
+      uint64_t at = off + done;
+      uint64_t n = q->cluster_size - qcow2_offset_into_cluster(q, at);
+      struct entry e = decode_entry(q, ref.table, i);
+      if (n > len - done)
+        n = len - done;
+      if (!entry_in_place(q, &e, at, n)
+          || (done > 0 && e.host != next))
+        break;
+      if (done == 0)
+        *host = e.host + qcow2_offset_into_cluster(q, at);
+      next = e.host + q->cluster_size;
+      done += n;
     }
     qcow2_l2_put(q, &ref);
   }
   pthread_rwlock_unlock(&q->map_lock);
-  return ok;
+  return done;
+}
+
+/* ---- Allocating runs, their data written outside alloc_lock ---------- */
+
+/* Does an allocation in flight hold a guest cluster of [first, last]? */
+static bool
+inflight_meets(const struct qcow2_disk *q, uint64_t first, uint64_t last)
+{
+  for (unsigned k = 0; k < QCOW2_MAX_INFLIGHT; k++) {
+    const struct qcow2_inflight *f = &q->inflight[k];
+    if (f->n > 0 && first < f->first + f->n && f->first <= last)
+      return true;
+  }
+  return false;
+}
+
+/* alloc_lock held: wait until no allocation in flight holds a cluster of
+ * guest bytes [off, off+len) (len > 0). */
+static void
+wait_inflight(struct qcow2_disk *q, uint64_t off, uint64_t len)
+{
+  uint64_t first = off >> q->cluster_bits;
+  uint64_t last = (off + len - 1) >> q->cluster_bits;
+
+  while (inflight_meets(q, first, last))
+    pthread_cond_wait(&q->inflight_done, &q->alloc_lock);
+}
+
+/* alloc_lock held: a free slot, or NULL when all are taken. */
+static struct qcow2_inflight *
+inflight_slot(struct qcow2_disk *q)
+{
+  for (unsigned k = 0; k < QCOW2_MAX_INFLIGHT; k++)
+    if (q->inflight[k].n == 0)
+      return &q->inflight[k];
+  return NULL;
+}
+
+/* Does entry e need a new cluster of ours that write_run can give it (a
+ * standard L2 entry that is not an allocated cluster of ours)? */
+static bool
+entry_needs_cluster(const struct qcow2_disk *q, const struct entry *e)
+{
+  return !q->extended_l2 && !(e->host && e->copied);
+}
+
+/* The guest bytes that surround [off, off+n) in new clusters
+ * [cstart, cend): what the guest saw there, read into *head and *tail
+ * (malloc'd; NULL when empty).  0 or -errno. */
+static int
+read_around(struct qcow2_disk *q, uint64_t cstart, uint64_t cend,
+            uint64_t off, uint64_t n, char **head, char **tail)
+{
+  uint64_t hlen = off - cstart, tlen = cend - (off + n);
+  int r = 0;
+
+  *head = *tail = NULL;
+  if ((hlen && (*head = malloc(hlen)) == NULL)
+      || (tlen && (*tail = malloc(tlen)) == NULL))
+    r = -ENOMEM;
+  if (r == 0 && hlen)
+    r = read_guest(q, *head, cstart, hlen);
+  if (r == 0 && tlen)
+    r = read_guest(q, *tail, off + n, tlen);
+  if (r < 0) {
+    free(*head);
+    free(*tail);
+    *head = *tail = NULL;
+  }
+  return r;
+}
+
+/* A run of new clusters being written: guest clusters from gfirst, host
+ * clusters from host, n of them, for guest bytes [off, off+bytes). */
+struct run {
+  uint64_t gfirst, host, n, off, bytes;
+  struct qcow2_inflight *slot;
+};
+
+/* alloc_lock held: reserve a run for the clusters of [off, off+len) from
+ * off's on, in off's L2 table, that all need new clusters (standard L2),
+ * at most as many as can be allocated contiguously.  0 and *run (with its
+ * clusters counted, its guest clusters in flight); 1 when off's cluster
+ * needs another path (write_alloc); or -errno. */
+static int
+reserve_run(struct qcow2_disk *q, uint64_t off, uint64_t len,
+            struct run *run)
+{
+  uint32_t i0 = (off >> q->cluster_bits) & (qcow2_l2_entries(q) - 1), k;
+  uint64_t head = qcow2_offset_into_cluster(q, off), got;
+  struct qcow2_l2_ref ref;
+  struct entry e;
+  int r;
+
+  if ((run->slot = inflight_slot(q)) == NULL)
+    return 1;
+  if ((r = l2_for_update(q, off, &ref)) < 0)
+    return r;
+  for (k = 0; i0 + k < qcow2_l2_entries(q)
+         && (uint64_t) k * q->cluster_size < head + len; k++) {
+    e = decode_entry(q, ref.table, i0 + k);
+    if (!entry_needs_cluster(q, &e))
+      break;
+  }
+  qcow2_l2_put(q, &ref);
+  if (k == 0)
+    return 1;
+  if ((r = qcow2_alloc_clusters(q, k, &run->host, &got)) < 0)
+    return r;
+  run->gfirst = off >> q->cluster_bits;
+  run->n = got;
+  run->off = off;
+  run->bytes = got * q->cluster_size - head;
+  if (run->bytes > len)
+    run->bytes = len;
+  *run->slot = (struct qcow2_inflight) { run->gfirst, got };
+  return 0;
+}
+
+/* Write the run's clusters whole, no lock held: the guest's bytes before
+ * and after buf read from where they show now (the entries still name
+ * the old clusters, or the backing file), buf itself straight from the
+ * request, all in one pwritev.  0 or -errno. */
+static int
+write_run_data(struct qcow2_disk *q, const struct run *run, const void *buf)
+{
+  uint64_t cstart = run->gfirst << q->cluster_bits;
+  uint64_t cend = cstart + run->n * q->cluster_size;
+  char *head, *tail;
+  int r = read_around(q, cstart, cend, run->off, run->bytes, &head, &tail);
+  struct iovec v[3] = {
+    { head, run->off - cstart },
+    { (void *) buf, run->bytes },
+    { tail, cend - (run->off + run->bytes) },
+  };
+
+  if (r == 0)
+    r = fde_pwritev_full(q->fd, v, 3, run->host);
+  free(head);
+  free(tail);
+  return r;
+}
+
+/* alloc_lock held: point the run's entries at its clusters (they are
+ * written) and drop the references they replace, or on failure give the
+ * clusters back; either way end the run.  0 or -errno. */
+static int
+finish_run(struct qcow2_disk *q, struct run *run, int r)
+{
+  uint32_t i0 = run->gfirst & (qcow2_l2_entries(q) - 1);
+  struct qcow2_l2_ref ref;
+
+  if (r == 0 && (r = l2_for_update(q, run->off, &ref)) == 0) {
+    uint64_t end = run->host + run->n * q->cluster_size;
+    /* Before the entries show the clusters (see write_merged). */
+    if (end > q->data_end)
+      q->data_end = end;
+    for (uint64_t k = 0; k < run->n; k++) {
+      struct entry e = decode_entry(q, ref.table, i0 + (uint32_t) k);
+      int rr;
+      store_entry(q, ref.table, i0 + (uint32_t) k,
+                  (run->host + k * q->cluster_size) | QCOW_OFLAG_COPIED, 0);
+      if ((rr = release_entry(q, &e)) < 0 && r == 0)
+        r = rr;                 /* a leak, not lost data */
+    }
+    qcow2_l2_mark_dirty(q, &ref);
+    qcow2_l2_put(q, &ref);
+  } else {
+    /* Nothing names them: give them back (if even that fails, a leak). */
+    qcow2_free_clusters(q, run->host, run->n * q->cluster_size);
+  }
+  run->slot->n = 0;
+  pthread_cond_broadcast(&q->inflight_done);
+  return r;
+}
+
+/* The allocating path for [off, off+len): bytes of it written (> 0), or
+ * -errno.  A run of clusters that need new clusters is allocated at once
+ * (contiguous, one refcount update) and written outside alloc_lock, so
+ * that allocating writes elsewhere, and in-place writes, go on meanwhile;
+ * anything else (extended L2, ZERO_ALLOC clusters of ours, all slots in
+ * flight) takes write_alloc's path for one cluster, under the lock.
+ * Ordering (crash safety) is as for write_alloc: the refcounts are
+ * written when the clusters are allocated, the data before the entries
+ * name it, the entries reach the file only in flush after a sync. */
+static int64_t
+write_allocating(struct qcow2_disk *q, const char *buf, uint64_t len,
+                 uint64_t off)
+{
+  uint64_t n = q->cluster_size - qcow2_offset_into_cluster(q, off);
+  uint64_t table_end = (off / qcow2_l1_span(q) + 1) * qcow2_l1_span(q);
+  struct run run;
+  int r;
+
+  if (len > table_end - off)
+    len = table_end - off;      /* one L2 table */
+  if (n > len)
+    n = len;
+  pthread_mutex_lock(&q->alloc_lock);
+  wait_inflight(q, off, len);
+  flush_to_reuse(q);
+  r = reserve_run(q, off, len, &run);
+  if (r == 1) {
+    r = write_alloc(q, buf, n, off);
+    pthread_mutex_unlock(&q->alloc_lock);
+    return r < 0 ? r : (int64_t) n;
+  }
+  pthread_mutex_unlock(&q->alloc_lock);
+  if (r < 0)
+    return r;
+
+  r = write_run_data(q, &run, buf);
+
+  pthread_mutex_lock(&q->alloc_lock);
+  r = finish_run(q, &run, r);
+  if (r == 0)
+    r = maybe_flush(q);
+  pthread_mutex_unlock(&q->alloc_lock);
+  return r < 0 ? r : (int64_t) run.bytes;
 }
 
 /* Write len bytes at guest offset off. */
@@ -506,32 +745,29 @@ qcow2_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
 {
   struct qcow2_disk *q = to_qcow2(d);
   const char *p = buf;
-  int r = 0;
 
-  while (len > 0 && r == 0) {
-    uint64_t n = q->cluster_size - qcow2_offset_into_cluster(q, off), host;
-    unsigned guard;
-    bool direct;
-    if (n > len)
-      n = len;
-    /* An in-place write is a guarded operation: the cluster it found
+  while (len > 0) {
+    uint64_t host, n;
+    int64_t done;
+    int r = 0;
+    /* An in-place write is a guarded operation: the clusters it found
      * cannot be reused for other data before the write lands. */
-    guard = qcow2_io_enter(q);
-    direct = in_place(q, off, n, &host);
-    if (direct)
+    unsigned guard = qcow2_io_enter(q);
+    if ((n = in_place_run(q, off, len, &host)) > 0)
       r = fde_pwrite_full(q->fd, p, n, host);
     qcow2_io_leave(q, guard);
-    if (!direct) {
-      pthread_mutex_lock(&q->alloc_lock);
-      flush_to_reuse(q);
-      r = write_alloc(q, p, n, off);
-      pthread_mutex_unlock(&q->alloc_lock);
+    if (r < 0)
+      return r;
+    if (n == 0) {
+      if ((done = write_allocating(q, p, len, off)) < 0)
+        return (int) done;
+      n = (uint64_t) done;
     }
     p += n;
     off += n;
     len -= n;
   }
-  return r;
+  return 0;
 }
 
 /* The entry that makes a whole cluster read as zeros: unallocated where
@@ -615,6 +851,8 @@ qcow2_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
   int r = 0;
 
   pthread_mutex_lock(&q->alloc_lock);
+  if (len > 0)
+    wait_inflight(q, off, len);
   while (len > 0 && r == 0) {
     uint64_t n = q->cluster_size - qcow2_offset_into_cluster(q, off);
     if (n > len)

@@ -121,7 +121,10 @@ static const struct workload workloads[] = {
     " && qemu-img create -q -f qcow2 -b backing.raw -F raw base.qcow2 8M",
     .backing = { "backing.raw" },
     .extra_off = 7 * MiB,
-    .ops = { W(100, 200), W(64 * KiB + 1000, 70000), F, W(5 * MiB, 4096),
+    /* the third write runs in place over clusters 1-2, then allocates
+     * 3-4 as one run, its tail read from the backing file */
+    .ops = { W(100, 200), W(64 * KiB + 1000, 70000), F,
+             W(100 * KiB, 200 * KiB), W(5 * MiB, 4096),
              Z(6 * MiB + 512, 1024), F } },
   { .name = "cow-backing-extl2",
     .setup = "qemu-img create -q -f qcow2 backing.qcow2 8M"
