@@ -181,17 +181,6 @@ struct qcow2_free {
   uint64_t len;
 };
 
-/* Guest clusters [first, first+n) whose new host clusters are being
- * written outside alloc_lock (qcow2-write.c, write_run): no other
- * allocating write, zeroing or discard touches them until the run's L2
- * entries are stored (n == 0: a free slot).  QEMU's "dependent requests"
- * (qcow2 handle_dependencies) do the same for its allocating writes. */
-#define QCOW2_MAX_INFLIGHT 64
-struct qcow2_inflight {
-  uint64_t first;
-  uint64_t n;
-};
-
 /* Runs of clusters [first, first+n), in the order they were added. */
 struct qcow2_run {
   uint64_t first;
@@ -284,8 +273,6 @@ struct qcow2_disk {
   /* writing: pending updates (qcow2-write.c) */
   pthread_mutex_t alloc_lock;   /* allocation, metadata updates, flush */
   pthread_rwlock_t map_lock;    /* L1/L2 entries: lookups vs updates */
-  pthread_cond_t inflight_done; /* with alloc_lock: a slot below emptied */
-  struct qcow2_inflight inflight[QCOW2_MAX_INFLIGHT];
   uint32_t l1_dirty_lo, l1_dirty_hi;    /* L1 entries not yet written */
   struct qcow2_free *frees;     /* references to drop after the next sync */
   void *zeros;                  /* one cluster of zeros (writable images) */
