@@ -811,6 +811,31 @@ check_lookup_work(void)
 
 /* ---- faults ---------------------------------------------------------- */
 
+/* Read pieces of at most piece bytes, one every stride bytes from from to
+ * len, comparing each with want: a piece that reads but differs sets
+ * *wrong, and the first error goes in *first while it is 0.  The offset
+ * of the first piece that did not read right, or UINT64_MAX. */
+static uint64_t
+read_pieces(struct vmdk_sparse *s, uint8_t *buf, const uint8_t *want,
+            size_t len, uint64_t from, size_t piece, uint64_t stride,
+            bool *wrong, int *first)
+{
+  uint64_t bad = UINT64_MAX;
+
+  for (uint64_t off = from; off < len; off += stride) {
+    size_t n = len - off < piece ? len - off : piece;
+    int r = vmdk_sparse_read(s, buf, n, off);
+    bool differs = r == 0 && memcmp(buf, want + off, n) != 0;
+    if (differs)
+      *wrong = true;
+    if (r < 0 && *first == 0)
+      *first = r;
+    if ((r < 0 || differs) && bad == UINT64_MAX)
+      bad = off;
+  }
+  return bad;
+}
+
 /* Open and read everything in 1 MiB pieces; -errno of the first
  * failure, which must never be wrong data. */
 static int
@@ -825,22 +850,17 @@ open_and_read(const char *name, const char *path, const uint8_t *want,
   r = open_extent(path, 256 * 1024, &fd, &s);
   if (r < 0)
     first = r;
-  for (uint64_t off = 0; r == 0 && off < len; off += 1 << 20) {
-    size_t n = len - off < (1 << 20) ? len - off : 1 << 20;
-    int rr = vmdk_sparse_read(s, buf, n, off);
-    if (rr == 0 && memcmp(buf, want + off, n) != 0)
-      *wrong = true;
-    if (rr < 0 && first == 0)
-      first = rr;
-  }
+  else
+    read_pieces(s, buf, want, len, 0, 1 << 20, 1 << 20, wrong, &first);
   fde_io_fault_disarm();
   /* After the fault, everything reads right (nothing cached is bad). */
-  for (uint64_t off = 0; r == 0 && off < len; off += 1 << 20) {
-    size_t n = len - off < (1 << 20) ? len - off : 1 << 20;
-    int rr = vmdk_sparse_read(s, buf, n, off);
-    CHECK(rr == 0 && memcmp(buf, want + off, n) == 0,
-          "%s: fault %" PRIu64 ": retry at %" PRIu64 " fails (%d)", name,
-          nth, off, rr);
+  if (r == 0) {
+    bool differs = false;
+    int err = 0;
+    uint64_t bad = read_pieces(s, buf, want, len, 0, 1 << 20, 1 << 20,
+                               &differs, &err);
+    CHECK(bad == UINT64_MAX, "%s: fault %" PRIu64 ": retry at %" PRIu64
+          " fails (%d)", name, nth, bad, err);
   }
   close_extent(fd, s);
   free(buf);
@@ -1045,28 +1065,18 @@ alloc_run(const char *name, const char *path, const uint8_t *want,
 
   alloc_fault_arm(nth);
   first = r = open_extent(path, 256 * 1024, &fd, &s);
-  for (uint64_t off = 0; r == 0 && off < len; off += 1 << 20) {
-    size_t n = len - off < (1 << 20) ? len - off : 1 << 20;
-    int rr = vmdk_sparse_read(s, buf, n, off);
-    if (rr == 0 && memcmp(buf, want + off, n) != 0)
-      *wrong = true;
-    if (rr < 0 && first == 0)
-      first = rr;
-  }
-  for (uint64_t off = 512; r == 0 && off + 4096 <= len; off += 333333) {
-    int rr = vmdk_sparse_read(s, buf, 4096, off);
-    if (rr == 0 && memcmp(buf, want + off, 4096) != 0)
-      *wrong = true;
-    if (rr < 0 && first == 0)
-      first = rr;
+  if (r == 0) {
+    read_pieces(s, buf, want, len, 0, 1 << 20, 1 << 20, wrong, &first);
+    read_pieces(s, buf, want, len, 512, 4096, 333333, wrong, &first);
   }
   alloc_fault_disarm();
-  for (uint64_t off = 0; r == 0 && off < len; off += 1 << 20) {
-    size_t n = len - off < (1 << 20) ? len - off : 1 << 20;
-    int rr = vmdk_sparse_read(s, buf, n, off);
-    CHECK(rr == 0 && memcmp(buf, want + off, n) == 0,
-          "%s: allocation %" PRIu64 " failed: retry at %" PRIu64 " fails "
-          "(%d)", name, nth, off, rr);
+  if (r == 0) {
+    bool differs = false;
+    int err = 0;
+    uint64_t bad = read_pieces(s, buf, want, len, 0, 1 << 20, 1 << 20,
+                               &differs, &err);
+    CHECK(bad == UINT64_MAX, "%s: allocation %" PRIu64 " failed: retry at %"
+          PRIu64 " fails (%d)", name, nth, bad, err);
   }
   if (r == 0)
     close_extent(fd, s);
