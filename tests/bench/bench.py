@@ -82,6 +82,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -613,7 +614,6 @@ def cluster_iologs(view, size, parts, seed):
     """fio iolog texts (version 2) for `parts` jobs: every cluster of the
     disk once, in a shuffled order, a 4 KiB write at a random 4 KiB
     offset inside it; the list split evenly between the jobs."""
-    import random
     rnd = random.Random(seed)
     offs = [c + rnd.randrange(CLUSTER // 4096) * 4096 for c in range(0, size, CLUSTER)]
     rnd.shuffle(offs)
