@@ -76,15 +76,18 @@ write_zeros(struct fde_disk *disk, uint64_t off, uint64_t len)
 }
 
 int
-fde_disk_zero(struct fde_disk *disk, uint64_t off, uint64_t len, bool punch)
+fde_disk_zero(struct fde_disk *disk, uint64_t off, uint64_t len,
+              unsigned flags)
 {
   if (!fde_disk_can_write(disk))
     return -EROFS;
   if (len == 0)
     return 0;
-  if (punch && fde_disk_can_discard(disk))
-    return disk->format->zero(disk, off, len, true);
+  if ((flags & FDE_ZERO_PUNCH) && fde_disk_can_discard(disk))
+    return disk->format->zero(disk, off, len, flags);
   if (fde_disk_can_zero(disk))
-    return disk->format->zero(disk, off, len, false);
+    return disk->format->zero(disk, off, len, flags & ~FDE_ZERO_PUNCH);
+  if (flags & FDE_ZERO_FAST)
+    return -ENOTSUP;
   return write_zeros(disk, off, len);
 }

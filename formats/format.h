@@ -67,6 +67,19 @@ struct fde_owner {
                            * when uid has no passwd entry */
 };
 
+/* How the front end spells the options a message may suggest, so that
+ * the FUSE program says "-r" where the nbdkit plugin says
+ * "readonly=true". */
+struct fde_option_names {
+  const char *read_only;    /* "-r" */
+  const char *format_raw;   /* "-f raw" */
+  const char *disk;         /* "--disk=", followed by the number */
+  const char *snapshot;     /* "--snapshot=", followed by the name */
+};
+
+/* The FUSE program's spellings (formats/registry.c). */
+extern const struct fde_option_names fde_program_option_names;
+
 struct fde_open_params {
   const char *path;       /* name as given; also the base for relative backing names */
   int fd;                 /* open image; owned by the backend once open succeeds */
@@ -89,7 +102,19 @@ struct fde_open_params {
   /* --disk=N: which disk of a container (an OVA's, formats/ova.c) to
    * export, from 1; 0: the first.  Other formats ignore it. */
   unsigned disk;
+  /* The front end's option names for messages; NULL: the program's
+   * (fde_option_names_of). */
+  const struct fde_option_names *names;
 };
+
+/* params->names, or the program's when it is NULL. */
+const struct fde_option_names *
+fde_option_names_of(const struct fde_open_params *params);
+
+/* zero's flags. */
+#define FDE_ZERO_PUNCH 1u /* the range may be deallocated (a discard) */
+#define FDE_ZERO_FAST  2u /* fail with -ENOTSUP rather than write zeros
+                           * (NBD's fast zero, QEMU's BDRV_REQ_NO_FALLBACK) */
 
 /* block_status result bits. */
 #define FDE_BS_DATA 1u    /* the range is allocated somewhere in the chain */
@@ -116,10 +141,12 @@ struct fde_format {
   int (*pwrite)(struct fde_disk *disk, const void *buf, size_t len,
                 uint64_t off);
 
-  /* Make [off, off+len) read as zeros.  punch: the backend may deallocate
-   * the range (discard); otherwise it may still choose the cheapest way
-   * that guarantees zeros.  0 or -errno. */
-  int (*zero)(struct fde_disk *disk, uint64_t off, uint64_t len, bool punch);
+  /* Make [off, off+len) read as zeros; flags are FDE_ZERO_* (below).
+   * Without FDE_ZERO_PUNCH the backend may still choose the cheapest way
+   * that guarantees zeros.  0 or -errno; -ENOTSUP for FDE_ZERO_FAST where
+   * zeroing would write data, before anything was changed. */
+  int (*zero)(struct fde_disk *disk, uint64_t off, uint64_t len,
+              unsigned flags);
 
   /* Make every acknowledged write durable (data and metadata). */
   int (*flush)(struct fde_disk *disk);
@@ -184,12 +211,12 @@ struct fde_format {
    * says so, takes QEMU's reader locks only, and a write gets EROFS. */
   bool (*can_write)(struct fde_disk *disk);
 
-  /* Does zero(disk, off, len, false) work, more cheaply than writing
+  /* Does zero(disk, off, len, 0) work, more cheaply than writing
    * zeros?  Asked only when the disk can write.  No: fde_disk_zero
    * writes zeros with pwrite instead, as nbdkit emulates .zero. */
   bool (*can_zero)(struct fde_disk *disk);
 
-  /* Does zero(disk, off, len, true) work (it may deallocate, as a
+  /* Does zero(disk, off, len, FDE_ZERO_PUNCH) work (it may deallocate, as a
    * discard)?  Asked only when the disk can write.  No: fde_disk_zero
    * zeroes the range instead (a punched range must read as zeros). */
   bool (*can_discard)(struct fde_disk *disk);
@@ -202,6 +229,11 @@ struct fde_format {
    * and file_length, an OVA member)?  false: never (the OVA backend then
    * refuses such a member by name). */
   bool in_container;
+
+  /* Does the format have internal snapshots (params->snapshot)?  false:
+   * fde_disk_open refuses a snapshot name for its images, by name, before
+   * the backend is called. */
+  bool has_snapshots;
 };
 
 /* ---- formats/caps.c: asking a disk what it can do ---------------------- */
@@ -221,15 +253,17 @@ bool fde_disk_can_map(struct fde_disk *disk);
 bool fde_format_read_only(const struct fde_format *format);
 
 /* Make [off, off+len) of disk read as zeros, as FUSE's fallocate modes
- * ask (punch: PUNCH_HOLE, may deallocate; else ZERO_RANGE), emulating
- * what the disk cannot do as nbdkit does: a discard it cannot do is done
- * as zeroing, zeroing it cannot do by writing zeros through pwrite (1 MiB
+ * (FDE_ZERO_PUNCH: PUNCH_HOLE, may deallocate; else ZERO_RANGE) and NBD's
+ * zero, trim and fast zero ask (flags: FDE_ZERO_*), emulating what the
+ * disk cannot do as nbdkit does: a discard it cannot do is done as
+ * zeroing, zeroing it cannot do by writing zeros through pwrite (1 MiB
  * at a time; through the top layer, so a layer such as the sector-0
- * guard sees them).  -EROFS when the disk cannot write; else 0, -ENOMEM
- * (the zero buffer) or the member's -errno (part of the range may then
- * be zeroed already). */
+ * guard sees them) unless FDE_ZERO_FAST asks for -ENOTSUP instead.
+ * -EROFS when the disk cannot write; else 0, -ENOTSUP (fast zero not
+ * possible, nothing changed), -ENOMEM (the zero buffer) or the member's
+ * -errno (part of the range may then be zeroed already). */
 int fde_disk_zero(struct fde_disk *disk, uint64_t off, uint64_t len,
-                  bool punch);
+                  unsigned flags);
 
 /* The backends (each defined at the end of its own file). */
 extern const struct fde_format fde_format_raw;
@@ -517,9 +551,10 @@ void fde_unlock_image(int fd);
 long fde_lock_holder(const struct stat *st, const char *kind, long long byte,
                      bool others_only);
 
-/* What process pid is, for a message: "fuse-disk-export" if it runs this
- * program (its executable, or its 15-byte comm), else its
- * /proc/PID/comm; NUL-terminated into buf (len bytes).  false if unknown. */
+/* What process pid is, for a message: if it runs our own executable, what
+ * we are ("fuse-disk-export", or "nbdkit" in the plugin), else its
+ * /proc/PID/comm ("fuse-disk-export" for its 15-byte comm too);
+ * NUL-terminated into buf (len bytes).  false if unknown. */
 bool fde_process_name(long pid, char *buf, size_t len);
 
 /* Logging (src/log.c, or a stub in the fuzzers): one line each, printf

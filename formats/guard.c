@@ -18,6 +18,7 @@ _Static_assert(FDE_PROBE_BYTES == SECTOR, "the guard covers the probe's bytes");
 struct guard {
   struct fde_layer layer;       /* must come first */
   const char *image;            /* for the warning (the caller's string) */
+  const char *allow_opt;        /* the option that allows such writes */
   bool (*is_image)(const uint8_t *sector, size_t len);
   bool (*tail_is_image)(const uint8_t *tail, size_t len, uint64_t size);
   pthread_mutex_t lock;         /* serialises writes touching a guarded
@@ -52,7 +53,8 @@ check_sector0(struct guard *g, const void *buf, uint64_t len, uint64_t off)
     memset(sector + off, 0, end - off);
   if (g->is_image(sector, n)) {
     fde_warn("%s: refused a write that would make sector 0 look like a "
-             "disk image header (use -f raw to allow it)", g->image);
+             "disk image header (use %s to allow it)", g->image,
+             g->allow_opt);
     return -EPERM;
   }
   return 0;
@@ -84,7 +86,8 @@ check_tail(struct guard *g, const void *buf, uint64_t len, uint64_t off)
     memset(tail + (from - start), 0, (size_t) (to - from));
   if (g->tail_is_image(tail, n, size)) {
     fde_warn("%s: refused a write that would make the last sector look "
-             "like a disk image footer (use -f raw to allow it)", g->image);
+             "like a disk image footer (use %s to allow it)", g->image,
+             g->allow_opt);
     return -EPERM;
   }
   return 0;
@@ -103,7 +106,7 @@ touches_tail(const struct guard *g, uint64_t off, uint64_t len)
 /* Write (buf) or zero (buf NULL) under the guard. */
 static int
 guarded(struct fde_disk *d, const void *buf, uint64_t len, uint64_t off,
-        bool punch)
+        unsigned zero_flags)
 {
   struct guard *g = to_guard(d);
   struct fde_disk *lower = g->layer.lower;
@@ -121,7 +124,7 @@ guarded(struct fde_disk *d, const void *buf, uint64_t len, uint64_t off,
   if (r == 0 && buf != NULL)
     r = lower->format->pwrite(lower, buf, (size_t) len, off);
   else if (r == 0)
-    r = lower->format->zero(lower, off, len, punch);
+    r = lower->format->zero(lower, off, len, zero_flags);
   if (touches)
     pthread_mutex_unlock(&g->lock);
   return r;
@@ -130,13 +133,13 @@ guarded(struct fde_disk *d, const void *buf, uint64_t len, uint64_t off,
 static int
 guard_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
 {
-  return guarded(d, buf, len, off, false);
+  return guarded(d, buf, len, off, 0);
 }
 
 static int
-guard_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+guard_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
-  return guarded(d, NULL, len, off, punch);
+  return guarded(d, NULL, len, off, flags);
 }
 
 static void
@@ -154,6 +157,7 @@ static const struct fde_format guard_ops = {
 
 int
 fde_guard_open(struct fde_disk *lower, const char *image,
+               const char *allow_opt,
                bool (*is_image)(const uint8_t *sector, size_t len),
                bool (*tail_is_image)(const uint8_t *tail, size_t len,
                                      uint64_t size),
@@ -165,6 +169,7 @@ fde_guard_open(struct fde_disk *lower, const char *image,
     return -ENOMEM;
   fde_layer_init(&g->layer, &guard_ops, lower, lower->size);
   g->image = image;
+  g->allow_opt = allow_opt;
   g->is_image = is_image;
   g->tail_is_image = tail_is_image;
   pthread_mutex_init(&g->lock, NULL);

@@ -23,9 +23,9 @@ pass_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
 }
 
 static int
-pass_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+pass_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
-  return LOWER(d)->format->zero(LOWER(d), off, len, punch);
+  return LOWER(d)->format->zero(LOWER(d), off, len, flags);
 }
 
 static int

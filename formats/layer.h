@@ -178,6 +178,7 @@ fde_disk_size(const struct fde_disk *d)
  * the same way, tail_is_image(copy, its length, disk size) deciding.
  * Writes touching neither sector pass straight through. */
 int fde_guard_open(struct fde_disk *lower, const char *image,
+                   const char *allow_opt,
                    bool (*is_image)(const uint8_t *sector, size_t len),
                    bool (*tail_is_image)(const uint8_t *tail, size_t len,
                                          uint64_t size),

@@ -143,31 +143,46 @@ fde_lock_holder(const struct stat *st, const char *kind, long long byte,
   return found;
 }
 
-bool
-fde_process_name(long pid, char *buf, size_t len)
+/* The comm of process pid ("self" for 0), NUL-terminated into buf (len
+ * bytes), PACKAGE_NAME for ours: comm keeps 15 bytes, "fuse-disk-expor".
+ * false if unknown. */
+static bool
+read_comm(long pid, char *buf, size_t len)
 {
   char path[64];
-  struct stat self, other;
   size_t n;
   FILE *f;
 
-  snprintf(path, sizeof path, "/proc/%ld/exe", pid);
-  if (stat("/proc/self/exe", &self) == 0 && stat(path, &other) == 0
-      && self.st_dev == other.st_dev && self.st_ino == other.st_ino) {
-    snprintf(buf, len, "%s", PACKAGE_NAME);
-    return true;
-  }
-  snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+  if (pid > 0)
+    snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+  else
+    snprintf(path, sizeof path, "/proc/self/comm");
   if (len == 0 || (f = fopen(path, "re")) == NULL)
     return false;
   n = fread(buf, 1, len - 1, f);
   fclose(f);
   buf[n] = '\0';
   buf[strcspn(buf, "\n")] = '\0';
-  /* comm keeps 15 bytes: "fuse-disk-expor" */
   if (strncmp(buf, PACKAGE_NAME, 15) == 0)
     snprintf(buf, len, "%s", PACKAGE_NAME);
   return buf[0] != '\0';
+}
+
+/* A process running our own executable is named as we are: this program,
+ * or nbdkit when the library runs inside the nbdkit plugin (another
+ * nbdkit is not a fuse-disk-export). */
+bool
+fde_process_name(long pid, char *buf, size_t len)
+{
+  char path[64];
+  struct stat self, other;
+
+  snprintf(path, sizeof path, "/proc/%ld/exe", pid);
+  if (stat("/proc/self/exe", &self) == 0 && stat(path, &other) == 0
+      && self.st_dev == other.st_dev && self.st_ino == other.st_ino
+      && read_comm(0, buf, len))
+    return true;
+  return read_comm(pid, buf, len);
 }
 
 /* A conflict on byte of fd's file (-1: some byte): say who holds it

@@ -1059,8 +1059,9 @@ ova_read(struct ova_disk *o, const struct fde_open_params *p, unsigned n)
   if (r < 0)
     return r;
   if (n > o->ndisks) {
-    fde_error("%s: --disk=%u: the OVA holds %zu disk%s", p->path, n,
-              o->ndisks, o->ndisks == 1 ? "" : "s");
+    fde_error("%s: %s%u: the OVA holds %zu disk%s", p->path,
+              fde_option_names_of(p)->disk, n, o->ndisks,
+              o->ndisks == 1 ? "" : "s");
     return -ENOENT;
   }
   /* Every disk is probed (--probe lists them all); only the exported
@@ -1101,10 +1102,6 @@ ova_open(const struct fde_open_params *p, struct fde_disk **out)
   if (p->file_offset != 0 || p->file_length != 0) {
     fde_error("%s: an OVA inside an OVA is not supported", p->path);
     r = -ENOTSUP;
-  } else if (p->snapshot != NULL) {
-    fde_error("%s: an OVA has no snapshots (--snapshot=%s)", p->path,
-              p->snapshot);
-    r = -EINVAL;
   } else if ((r = ova_read(o, p, n)) == 0)
     r = open_entry(p, p->fd, &o->disks[n - 1], n, &inner);
   if (r < 0) {

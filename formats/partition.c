@@ -52,10 +52,10 @@ window_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
 }
 
 static int
-window_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+window_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
   __atomic_store_n(&to_window(d)->alloc_stale, true, __ATOMIC_RELAXED);
-  return LOWER(d)->format->zero(LOWER(d), SHIFT(d, off), len, punch);
+  return LOWER(d)->format->zero(LOWER(d), SHIFT(d, off), len, flags);
 }
 
 static int

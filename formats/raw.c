@@ -65,11 +65,6 @@ raw_open(const struct fde_open_params *p, struct fde_disk **out)
     fde_error("%s: cannot find the size: %s", p->path, strerror(-r));
     return r;
   }
-  if (p->snapshot != NULL) {
-    fde_error("%s: raw images have no snapshots (--snapshot=%s)", p->path,
-              p->snapshot);
-    return -EINVAL;
-  }
   if ((p->file_offset != 0 || p->file_length != 0)
       && (!p->read_only || p->file_offset > size
           || p->file_length > size - p->file_offset)) {
@@ -174,9 +169,10 @@ try_fallocate(int fd, int mode, uint64_t off, uint64_t len, bool *can)
 }
 
 static int
-raw_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+raw_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
   struct raw_disk *h = to_raw(d);
+  bool punch = flags & FDE_ZERO_PUNCH;
   int r;
 
   /* Punching frees space; ZERO_RANGE keeps it allocated.  Both guarantee
@@ -191,7 +187,7 @@ raw_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
                     off, len, punch ? &h->can_zero_range : &h->can_punch);
   if (r != -EOPNOTSUPP)
     return r;
-  return write_zeros(h->fd, off, len);
+  return flags & FDE_ZERO_FAST ? -ENOTSUP : write_zeros(h->fd, off, len);
 }
 
 static int

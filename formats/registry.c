@@ -20,6 +20,17 @@ static int open_layer(const struct fde_format *format,
                       const struct fde_open_params *params,
                       struct fde_disk **out);
 
+const struct fde_option_names fde_program_option_names = {
+  .read_only = "-r", .format_raw = "-f raw", .disk = "--disk=",
+  .snapshot = "--snapshot=",
+};
+
+const struct fde_option_names *
+fde_option_names_of(const struct fde_open_params *params)
+{
+  return params->names != NULL ? params->names : &fde_program_option_names;
+}
+
 int
 fde_disk_open(const struct fde_format *format,
               const struct fde_open_params *params, struct fde_disk **out)
@@ -84,6 +95,12 @@ open_layer(const struct fde_format *format,
     r = probe_layer(params, &format);
   if (r < 0)
     return r;
+  if (p.snapshot != NULL && !format->has_snapshots) {
+    fde_error("%s: %s images have no internal snapshots (%s%s)", p.path,
+              fde_format_title(format), fde_option_names_of(params)->snapshot,
+              p.snapshot);
+    return -EINVAL;
+  }
   p.read_only = params->read_only || fde_format_read_only(format);
   if ((r = fde_lock_image(p.fd, p.path, !p.read_only)) < 0
       || (r = format->open(&p, out)) < 0)

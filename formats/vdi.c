@@ -410,11 +410,6 @@ vdi_open(const struct fde_open_params *p, struct fde_disk **out)
   struct vdi_disk *v;
   int r;
 
-  if (p->snapshot != NULL) {
-    fde_error("%s: VDI images have no internal snapshots (--snapshot=%s)",
-              p->path, p->snapshot);
-    return -EINVAL;
-  }
   v = calloc(1, sizeof *v);
   if (v == NULL || (v->disk.path = strdup(p->path)) == NULL) {
     free(v);

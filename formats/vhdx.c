@@ -1099,12 +1099,6 @@ vhdx_open(const struct fde_open_params *p, struct fde_disk **out)
     fde_error("%s: cannot find the file size: %s", p->path, strerror(-r));
     goto fail;
   }
-  if (p->snapshot != NULL) {
-    fde_error("%s: VHDX images have no snapshots (--snapshot=%s)", p->path,
-              p->snapshot);
-    r = -EINVAL;
-    goto fail;
-  }
   if ((r = file_read(v, ident, 8, 0)) < 0)
     goto fail;
   if (memcmp(ident, "vhdxfile", 8) != 0 || v->file_size < VHDX_MiB) {

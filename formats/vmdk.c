@@ -781,12 +781,6 @@ vmdk_open(const struct fde_open_params *p, struct fde_disk **out)
   v->disk.read_only = true;
   v->fd = p->fd;
   v->gd_left = MAX_DISK_GD;
-  if (p->snapshot != NULL) {
-    fde_error("%s: VMDK images have no snapshots (--snapshot=%s)", p->path,
-              p->snapshot);
-    r = -EINVAL;
-    goto fail;
-  }
   if ((r = image_window(v, p)) < 0 || (r = open_by_kind(v, p, &text)) < 0
       || (r = read_ids(v, p, &ids)) < 0
       || (r = open_parent(v, p, ids.parent_hint)) < 0)

@@ -900,12 +900,6 @@ vpc_open(const struct fde_open_params *p, struct fde_disk **out)
     fde_error("%s: cannot find the file size: %s", p->path, strerror(-r));
     goto fail;
   }
-  if (p->snapshot != NULL) {
-    fde_error("%s: VHD images have no snapshots (--snapshot=%s)", p->path,
-              p->snapshot);
-    r = -EINVAL;
-    goto fail;
-  }
   if ((r = read_footer(v, footer)) < 0 || (r = parse_footer(v, footer)) < 0)
     goto fail;
   if (v->type == TYPE_FIXED)

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "image.h"
 #include "layer.h"
 
 #define READ_AHEAD_KB 1024      /* one or more read requests (max_read) */
@@ -50,126 +51,6 @@ check_not_mounted(const char *abspath)
               abspath, type);
     return EXIT_BUSY;
   }
-}
-
-/* The image's format: -f's (options.c accepts only served names), else
- * what the table of formats makes of its first bytes (m->format NULL:
- * recognised but refused; choose_format says so).  0, or EXIT_FAIL with
- * a message if the file cannot be read. */
-static int
-identify_image(struct export *exp, int fd, struct fde_format_match *m)
-{
-  uint8_t head[4096];
-  int r;
-
-  if (exp->opts->format != NULL) {
-    *m = (struct fde_format_match) {
-      .info = fde_format_info_by_name(exp->opts->format),
-      .format = fde_format_by_name(exp->opts->format),
-    };
-    return 0;
-  }
-  r = fde_pread_full(fd, head, sizeof head, 0);
-  if (r < 0) {
-    fde_error("%s: read: %s", exp->image, strerror(-r));
-    return EXIT_FAIL;
-  }
-  *m = fde_format_identify(head, sizeof head, fd);
-  if (m->error < 0) {
-    fde_error("%s: reading its last sector to probe its format: %s",
-              exp->image, strerror(-m->error));
-    return EXIT_FAIL;
-  }
-  return 0;
-}
-
-/* Why opening the image for writing failed (err), said once it is known
- * that the image's format would have written; an exit status. */
-static int
-open_failed(struct export *exp, int err)
-{
-  if (!exp->opts->read_only && geteuid() == 0
-      && (err == EACCES || err == EROFS || err == EPERM))
-    fde_error("%s: %s (use -r for a read-only export)", exp->image,
-              strerror(err));
-  else
-    fde_error("%s: %s", exp->image, strerror(err));
-  return err == EISDIR ? EXIT_IMAGE : EXIT_FAIL;
-}
-
-/* Open abspath for writing, or for reading with -r.  Where writing is
- * not permitted, open it for reading anyway and store the reason in
- * *write_err: an image in a format served read-only needs no more
- * (open_image_file decides).  O_NONBLOCK so that a FIFO cannot hang us
- * (cleared by the caller).  The descriptor, or -1 with errno set. */
-static int
-open_for_export(struct export *exp, const char *abspath, int *write_err)
-{
-  int flags = O_CLOEXEC | O_NONBLOCK, fd;
-
-  *write_err = 0;
-  if (exp->opts->read_only)
-    return open(abspath, O_RDONLY | flags);
-  fd = open(abspath, O_RDWR | flags);
-  if (fd == -1 && (errno == EACCES || errno == EROFS || errno == EPERM)) {
-    *write_err = errno;
-    fd = open(abspath, O_RDONLY | flags);
-    if (fd == -1)
-      errno = *write_err;
-  }
-  return fd;
-}
-
-/* A descriptor of fd's file open for reading only (a new open file
- * description of the same file, through /proc: no name is looked up
- * again), fd closed; fd itself if /proc cannot give one. */
-static int
-reopen_read_only(int fd)
-{
-  char proc[40];
-  int ro;
-
-  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-  ro = open(proc, O_RDONLY | O_CLOEXEC);
-  if (ro == -1)
-    return fd;
-  close(fd);
-  return ro;
-}
-
-/* Open the image file and identify its format (into *m).  An image in a
- * format served read-only is opened for reading only, -r or not
- * (exp->format_read_only); every other one for writing unless -r says
- * otherwise.  An exit status. */
-static int
-open_image_file(struct export *exp, const char *abspath,
-                struct fde_format_match *m, int *fdp)
-{
-  int write_err, r;
-  int fd = open_for_export(exp, abspath, &write_err);
-
-  if (fd == -1)
-    return open_failed(exp, errno);
-  if (fstat(fd, &exp->image_st) == -1 || !S_ISREG(exp->image_st.st_mode)
-      || fcntl(fd, F_SETFL, 0) == -1) {
-    fde_error("%s: not a regular file", exp->image);
-    close(fd);
-    return EXIT_IMAGE;
-  }
-  if ((r = identify_image(exp, fd, m)) != 0) {
-    close(fd);
-    return r;
-  }
-  exp->format_read_only = !exp->opts->read_only && m->format != NULL
-    && fde_format_read_only(m->format);
-  if (write_err != 0 && !exp->format_read_only) {
-    close(fd);
-    return open_failed(exp, write_err);
-  }
-  if (exp->format_read_only && write_err == 0)
-    fd = reopen_read_only(fd);
-  *fdp = fd;
-  return 0;
 }
 
 /* Take an exclusive flock(2) on fd without waiting.  0, or EXIT_BUSY with
@@ -257,31 +138,6 @@ export_release_claim(struct export *exp)
     close(exp->claim_mnt_fd);
     exp->claim_mnt_fd = -1;
   }
-}
-
-/* The format to serve the image with (identify_image's), or EXIT_IMAGE
- * for one we recognise and refuse.  *probed_raw: raw was chosen by
- * probing (the sector-0 guard applies). */
-static int
-choose_format(struct export *exp, const struct fde_format_match *m,
-              const struct fde_format **fmt, bool *probed_raw)
-{
-  if (m->format == NULL) {
-    fde_error("%s: %s images are not supported; convert it with "
-              "'qemu-img convert -O qcow2 %s NEW.qcow2', or use -f raw "
-              "to export its bytes as they are", exp->image, m->what,
-              exp->image);
-    return EXIT_IMAGE;
-  }
-  *fmt = m->format;
-  *probed_raw = exp->opts->format == NULL && *fmt == &fde_format_raw;
-  if (exp->opts->disk > 0 && *fmt != &fde_format_ova) {
-    fde_error("%s: --disk=%u is for OVA appliances, and this is %s %s image",
-              exp->image, exp->opts->disk, fde_article(fde_format_title(*fmt)),
-              fde_format_title(*fmt));
-    return EXIT_USAGE;
-  }
-  return 0;
 }
 
 /* path made absolute with its directory resolved but its last component
@@ -463,42 +319,6 @@ check_same_file(struct export *exp)
   return EXIT_FAIL;
 }
 
-/* Wrap the disk in the layers the export asks for: the guard on sector 0
- * and the last sector over the whole disk of a probed raw image (so that it also guards a
- * partition starting at sector 0), then the window on --partition=N.
- * On failure the disk is closed.  An exit status. */
-static int
-add_layers(struct export *exp, bool probed_raw)
-{
-  unsigned n = exp->opts->partition;
-  struct fde_disk *top;
-  uint64_t start, size;
-  int r = 0;
-
-  if (probed_raw) {
-    r = fde_guard_open(exp->disk, exp->image, fde_format_head_is_image,
-                       fde_format_tail_is_image, &top);
-    if (r < 0)
-      fde_error("%s: %s", exp->image, strerror(-r));
-    else
-      exp->disk = top;
-  }
-  if (r == 0 && n > 0
-      && (r = fde_partition_find(exp->disk, exp->image, n, &start,
-                                 &size)) == 0) {     /* find logs its errors */
-    r = fde_partition_open(exp->disk, n, start, size, &top);
-    if (r < 0)
-      fde_error("%s: partition %u: %s", exp->image, n, strerror(-r));
-    else
-      exp->disk = top;
-  }
-  if (r == 0)
-    return 0;
-  fde_disk_close(exp->disk);
-  exp->disk = NULL;
-  return r == -ENOMEM || r == -EIO ? EXIT_FAIL : EXIT_IMAGE;
-}
-
 /* A user other than root may export an image someone else owns (one
  * they may write through its group, or read with -r) only onto a -m file
  * or -P directory: a view on the image's own path would take that path
@@ -518,16 +338,29 @@ check_view_place(struct export *exp)
   return EXIT_IMAGE;
 }
 
+/* How the program's options say what to open (formats/image.h). */
+static void
+fill_spec(struct fde_image_spec *spec, const struct options *opts,
+          const char *image)
+{
+  *spec = (struct fde_image_spec) {
+    .path = image, .format = opts->format, .read_only = opts->read_only,
+    .snapshot = opts->snapshot, .cache_bytes = opts->cache_bytes,
+    .zcache_bytes = opts->zcache_bytes, .disk = opts->disk,
+    .partition = opts->partition,
+    .allow_bdev_backing = opts->allow_bdev_backing,
+    .verbose = opts->verbose,
+    .names = &fde_program_option_names,
+  };
+}
+
 /* Open the image and its whole chain; nothing is mounted.  An exit status. */
 int
 export_open(struct export *exp, const struct options *opts, const char *image)
 {
-  const struct fde_format *fmt;
-  struct fde_format_match match;
-  struct fde_chain chain = { 0 };
-  bool probed_raw = false;
+  struct fde_image img = { .fd = -1 };
   char *abspath;
-  int fd = -1, r;
+  int r;
 
   memset(exp, 0, sizeof *exp);
   exp->mnt_pfd = -1;
@@ -539,37 +372,22 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   pthread_mutex_init(&exp->attr_lock, NULL);
   pthread_mutex_init(&exp->init_lock, NULL);
   pthread_cond_init(&exp->init_cond, NULL);
+  fill_spec(&exp->spec, opts, image);
   if ((r = resolve_mountpoint(exp)) != 0)
     return r;
   if ((r = resolve_unmounted(image, &abspath)) != 0)
     goto out;
-  if ((r = open_image_file(exp, abspath, &match, &fd)) != 0
-      || (r = check_view_place(exp)) != 0
-      || (r = claim_export(exp, abspath, fd)) != 0
+  if ((r = fde_image_open_file(&img, &exp->spec, abspath)) != 0)
+    goto out;
+  exp->image_st = img.st;
+  exp->format_read_only = img.format_read_only;
+  if ((r = check_view_place(exp)) != 0
+      || (r = claim_export(exp, abspath, img.fd)) != 0
       || (r = check_same_file(exp)) != 0
-      || (r = choose_format(exp, &match, &fmt, &probed_raw)) != 0)
+      || (r = fde_image_open_disk(&img)) != 0)
     goto out;
-  struct fde_open_params params = {
-    .path = image, .fd = fd,
-    .read_only = opts->read_only || exp->format_read_only,
-    .snapshot = opts->snapshot, .cache_bytes = opts->cache_bytes,
-    .zcache_bytes = opts->zcache_bytes, .disk = opts->disk,
-    .allow_bdev_backing = opts->allow_bdev_backing,
-    .verbose = opts->verbose, .chain = &chain,
-    /* the view is the owner's: every file the chain names must be too */
-    .owner = fde_owner_of(exp->image_st.st_uid, exp->image_st.st_gid),
-  };
-  r = fde_disk_open(fmt, &params, &exp->disk);
-  if (r < 0) {
-    /* -EADDRINUSE: another fuse-disk-export holds the image.  -ENOMEM
-     * is the image's: open allocates what its metadata asks for (the
-     * backend has said so in one line), so it is refused as too big. */
-    r = r == -EIO ? EXIT_FAIL : r == -EADDRINUSE ? EXIT_BUSY : EXIT_IMAGE;
-    goto out;
-  }
-  fd = -1;                      /* the backend owns it now */
-  if ((r = add_layers(exp, probed_raw)) != 0)
-    goto out;
+  exp->disk = img.disk;
+  img.disk = NULL;
   exp->mode = fde_disk_can_write(exp->disk) ? 0600 : 0400;
   /* The view's files show the image's owner.  A user other than root who
    * exports an image another user owns (readable to them with -r, or
@@ -582,8 +400,7 @@ export_open(struct export *exp, const struct options *opts, const char *image)
   }
   r = view_files_open(exp);
 out:
-  if (fd != -1)
-    close(fd);
+  fde_image_close(&img);
   exp->image_abspath = abspath;
   return r;
 }

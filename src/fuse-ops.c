@@ -472,7 +472,7 @@ update(struct export *exp, struct view_file *f, const void *buf,
   if (buf != NULL)
     r = d->format->pwrite(d, buf, (size_t) len, off);
   else
-    r = fde_disk_zero(d, off, len, punch);
+    r = fde_disk_zero(d, off, len, punch ? FDE_ZERO_PUNCH : 0);
   /* after the write (failed or not: part of it may have landed), so that
    * a rescan that ran meanwhile cannot have taken the mark for bytes it
    * did not see */

@@ -13,14 +13,16 @@
 #include <sys/stat.h>
 
 #include "format.h"
+#include "image.h"
 
 /* Exit status (documented in the man page). */
 enum {
-  EXIT_OK = 0,
-  EXIT_FAIL = 1,        /* I/O, mount or pid-file failure */
-  EXIT_USAGE = 2,       /* bad command line */
-  EXIT_IMAGE = 3,       /* image unsupported, invalid or refused */
-  EXIT_BUSY = 4,        /* path already exported, or a dead mount on it */
+  EXIT_OK = FDE_EXIT_OK,
+  EXIT_FAIL = FDE_EXIT_FAIL,    /* I/O, mount or pid-file failure */
+  EXIT_USAGE = FDE_EXIT_USAGE,  /* bad command line */
+  EXIT_IMAGE = FDE_EXIT_IMAGE,  /* image unsupported, invalid or refused */
+  EXIT_BUSY = FDE_EXIT_BUSY,    /* path already exported, or a dead mount
+                                 * on it, or the image's locks held */
 };
 
 enum allow_other { ALLOW_OTHER_AUTO, ALLOW_OTHER_ON, ALLOW_OTHER_OFF };
@@ -87,6 +89,7 @@ struct view_dir;                /* the directory view's files (view-files.c) */
 /* One image being exported. */
 struct export {
   const struct options *opts;
+  struct fde_image_spec spec;   /* what to open, from opts */
   const char *image;            /* as given on the command line */
   char *image_abspath;          /* resolved image path (used before mount) */
   char *mountpoint;             /* absolute path where the view appears

@@ -217,32 +217,6 @@ usage_error(const char *msg, const char *arg)
   return -1;
 }
 
-/* Parse "64M"-style sizes. */
-static int
-parse_size(const char *s, uint64_t *out)
-{
-  char *end;
-  uint64_t v, mult = 1;
-
-  errno = 0;
-  if (*s == '-' || *s == '\0')
-    return -1;
-  v = strtoull(s, &end, 10);
-  if (errno != 0 || end == s)
-    return -1;
-  switch (*end) {
-  case 'k': case 'K': mult = 1ULL << 10; end++; break;
-  case 'm': case 'M': mult = 1ULL << 20; end++; break;
-  case 'g': case 'G': mult = 1ULL << 30; end++; break;
-  case '\0': break;
-  default: return -1;
-  }
-  if (*end != '\0' || v > UINT64_MAX / mult)
-    return -1;
-  *out = v * mult;
-  return 0;
-}
-
 static void
 print_long_options(void)
 {
@@ -292,11 +266,11 @@ apply_option(int c, struct options *o)
   case 'n': o->probe_only = true; break;
   case SNAPSHOT_OPTION: o->snapshot = optarg; o->read_only = true; break;
   case CACHE_SIZE_OPTION:
-    if (parse_size(optarg, &o->cache_bytes) == -1)
+    if (fde_parse_size(optarg, &o->cache_bytes) == -1)
       return usage_error("invalid --cache-size", optarg);
     break;
   case DECOMPRESSED_CACHE_OPTION:
-    if (parse_size(optarg, &o->zcache_bytes) == -1 || o->zcache_bytes == 0)
+    if (fde_parse_size(optarg, &o->zcache_bytes) == -1 || o->zcache_bytes == 0)
       return usage_error("invalid --decompressed-cache", optarg);
     break;
   case ALLOW_BDEV_OPTION: o->allow_bdev_backing = true; break;

@@ -234,11 +234,12 @@ formats_with() {
   grep -q 'GNU GENERAL PUBLIC LICENSE' "$top/COPYING"
   while IFS= read -r f; do
     grep -q 'SPDX-License-Identifier: GPL-2.0-or-later' "$f" || missing+=("$f")
-  done < <(find "$top/src" "$top/formats" "$top/tests" "$top/man" \
+  done < <(find "$top/src" "$top/formats" "$top/plugin" "$top/tests" "$top/man" \
              "$top/configure.ac" "$top/Makefile.am" "$top/.ci/run" \
              -type f \( -name '*.[ch]' -o -name '*.bats' -o -name '*.bash' \
              -o -name '*.sh' -o -name '*.py' -o -name '*.1' -o -name run-bats \
-             -o -name configure.ac -o -name Makefile.am -o -name run \) \
+             -o -name configure.ac -o -name Makefile.am -o -name run \
+             -o -name '*.syms' \) \
              -not -path '*/fuzz/work/*')
   [ ${#missing[@]} -eq 0 ] || fail "no licence line in: ${missing[*]}"
   grep -q 'GPL-2.0-or-later' "$top/README"

@@ -563,7 +563,7 @@ PY
   expect_refused type5.vhd 'disk type 5'
   bad type2.vhd set-footer disk_type 2
   expect_refused type2.vhd 'a fixed disk has no copy of it at offset 0'
-  expect_refused good.vhd 'no snapshots' --snapshot=1
+  expect_refused good.vhd 'no internal snapshots' --snapshot=1
 }
 
 @test "vhdimount, where installed, shows qemu-img's dynamic and fixed VHDs as the view does" {

@@ -287,7 +287,7 @@ check_copied(struct scan *s)
 /* Refuse writing (with -EACCES and a message) unless the image's
  * references and refcounts agree.  Called at open, before any write. */
 int
-qcow2_check_for_writing(struct qcow2_disk *q)
+qcow2_check_for_writing(struct qcow2_disk *q, const char *read_only_opt)
 {
   struct scan s = { .q = q };
   int r = -ENOMEM;
@@ -295,7 +295,8 @@ qcow2_check_for_writing(struct qcow2_disk *q)
   s.nr_clusters = (q->file_size + q->cluster_size - 1) >> q->cluster_bits;
   if (s.nr_clusters > MAX_SCAN_CLUSTERS) {
     fde_error("%s: image file too large to check before writing (%" PRIu64
-              " clusters); export it with -r", q->disk.path, s.nr_clusters);
+              " clusters); export it with %s", q->disk.path, s.nr_clusters,
+              read_only_opt);
     return -EFBIG;
   }
   s.refs = calloc(s.nr_clusters + 1, sizeof *s.refs);
@@ -311,8 +312,8 @@ qcow2_check_for_writing(struct qcow2_disk *q)
   free(s.table);
   if (r == 0 && s.problem != NULL) {
     fde_error("%s: inconsistent image (%s, at %#" PRIx64 "); it can only be "
-              "exported read-only (-r); 'qemu-img check -r all' may repair it",
-              q->disk.path, s.problem, s.where);
+              "exported read-only (%s); 'qemu-img check -r all' may repair "
+              "it", q->disk.path, s.problem, s.where, read_only_opt);
     r = -EACCES;
   }
   return r;

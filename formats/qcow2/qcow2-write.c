@@ -806,14 +806,32 @@ zero_in_cluster(struct qcow2_disk *q, uint64_t off, uint64_t n)
   return r < 0 ? r : maybe_flush(q);
 }
 
+/* Can [off, off+len) be zeroed without writing data?  Whole clusters
+ * only (or up to the disk's end), and an entry that can say zeros: as
+ * QEMU's qcow2 answers BDRV_REQ_NO_FALLBACK, a partial cluster is not
+ * fast. */
+static bool
+zero_is_fast(const struct qcow2_disk *q, uint64_t off, uint64_t len)
+{
+  uint64_t raw, bitmap, end = off + len;
+
+  return qcow2_offset_into_cluster(q, off) == 0
+    && (qcow2_offset_into_cluster(q, end) == 0 || end >= q->disk.size)
+    && zero_entry(q, &raw, &bitmap);
+}
+
 /* Make [off, off+len) read as zeros (punch and zero-range alike: whole
- * clusters become zero or unallocated entries, partial ones are written). */
+ * clusters become zero or unallocated entries, partial ones are written,
+ * or with FDE_ZERO_FAST the request is refused, -ENOTSUP, if it has
+ * any). */
 int
-qcow2_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+qcow2_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
   struct qcow2_disk *q = to_qcow2(d);
   int r = 0;
 
+  if ((flags & FDE_ZERO_FAST) && !zero_is_fast(q, off, len))
+    return -ENOTSUP;
   pthread_mutex_lock(&q->alloc_lock);
   while (len > 0 && r == 0) {
     uint64_t n = q->cluster_size - qcow2_offset_into_cluster(q, off);

@@ -467,12 +467,13 @@ check_features(struct open_ctx *c)
   }
   if ((in & QCOW2_INCOMPAT_CORRUPT) && !c->p->read_only) {
     fde_error("%s: image is marked corrupt; it can only be opened read-only "
-              "(use -r); 'qemu-img check -r all' may repair it", path);
+              "(use %s); 'qemu-img check -r all' may repair it", path,
+              fde_option_names_of(c->p)->read_only);
     return -EACCES;
   }
   if ((in & QCOW2_INCOMPAT_DIRTY) && !c->p->read_only) {
-    fde_error("%s: image is dirty, open with -r or run qemu-img check -r all",
-              path);
+    fde_error("%s: image is dirty, open with %s or run qemu-img check -r all",
+              path, fde_option_names_of(c->p)->read_only);
     return -EACCES;
   }
   return 0;
@@ -749,13 +750,14 @@ open_for_writing(struct open_ctx *c)
 
   if (q->nb_bitmaps > 0) {
     fde_error("%s: has %" PRIu32 " persistent bitmap(s) that writing would "
-              "make stale; export it with -r, or remove them with "
-              "'qemu-img bitmap --remove'", q->disk.path, q->nb_bitmaps);
+              "make stale; export it with %s, or remove them with "
+              "'qemu-img bitmap --remove'", q->disk.path, q->nb_bitmaps,
+              fde_option_names_of(c->p)->read_only);
     return -EACCES;
   }
   if ((r = qcow2_refs_load(q, c->h.refcount_table_offset,
                            c->h.refcount_table_clusters)) < 0
-      || (r = qcow2_check_for_writing(q)) < 0
+      || (r = qcow2_check_for_writing(q, fde_option_names_of(c->p)->read_only)) < 0
       || (r = qcow2_refs_find_end(q)) < 0
       || (r = clear_unknown_autoclear(q)) < 0)
     return r;
@@ -975,4 +977,5 @@ const struct fde_format fde_format_qcow2 = {
   .can_zero        = qcow2_can_always,
   .can_discard     = qcow2_can_always,
   .can_map         = qcow2_can_always,
+  .has_snapshots   = true,
 };

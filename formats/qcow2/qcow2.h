@@ -436,12 +436,14 @@ unsigned qcow2_io_enter(struct qcow2_disk *q);
 void qcow2_io_leave(struct qcow2_disk *q, unsigned token);
 
 /* qcow2-check.c */
-int qcow2_check_for_writing(struct qcow2_disk *q);
+int qcow2_check_for_writing(struct qcow2_disk *q,
+                            const char *read_only_opt);
 
 /* qcow2-write.c */
 int qcow2_pwrite(struct fde_disk *d, const void *buf, size_t len,
                  uint64_t off);
-int qcow2_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch);
+int qcow2_zero(struct fde_disk *d, uint64_t off, uint64_t len,
+               unsigned flags);
 int qcow2_flush_locked(struct qcow2_disk *q);
 
 #endif /* FDE_QCOW2_H */

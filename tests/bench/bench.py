@@ -28,6 +28,11 @@
 #   * issue 13's fresh overlays: the same jobs on a new empty qcow2 overlay
 #     for every run (allocating writes; see bench_fresh), and tar -x of a
 #     large tree into ext4 on a fresh overlay's partition (bench_tar);
+#   * issue 14's NBD group (BENCH_IMAGES name "nbd"): fio's nbd engine
+#     against our nbdkit plugin (nbdkit-fde-plugin.so next to the --fde
+#     binary) and qemu-nbd, each serving a copy of the fully allocated
+#     qcow2 over a Unix socket (NBD_JOBS; see bench_nbd).  Skipped with a
+#     note when the plugin, nbdkit or qemu-nbd is missing;
 #   * times "fuse-disk-export -d" on 100 GiB and 1 TiB sparse qcow2 images
 #     (command to live view) next to qemu-storage-daemon's export and
 #     "qemu-img convert -O raw" of the same image;
@@ -71,11 +76,15 @@
 #   BENCH_DIR       scratch parent    BENCH_JOBS / BENCH_IMAGES  comma lists
 #   BENCH_TAR_TREE=/usr/share  trees the tar job extracts
 #   BENCH_TAR_DISK=4G          the tar job's disk
+#   BENCH_IMAGES=nbd           the NBD group alone: no ceiling, no startup
+#                              timing; BENCH_JOBS does not apply to it
 #
 # Needs root (FUSE mounts on files), fio, qemu-utils; qemu-system-common
-# (qemu-storage-daemon) and libqcow-utils (qcowmount) are optional peers.
-# Missing packages are reported and what needs them is skipped.  Mounts and
-# daemons are cleaned up on any exit, ^C included.
+# (qemu-storage-daemon) and libqcow-utils (qcowmount) are optional peers;
+# nbdkit (and the plugin, built with nbdkit-plugin-dev) for the NBD group.
+# Missing packages are reported and what needs them is skipped.  Mounts,
+# daemons, NBD servers and their sockets are cleaned up on any exit, ^C
+# included.
 
 import argparse
 import datetime
@@ -117,9 +126,11 @@ IMAGES = [("raw", "raw"), ("qcow2-full", "qcow2"), ("qcow2-zstd", "qcow2"),
           ("qcow2-chain-top", "qcow2"),
           ("vmdk-sparse", "vmdk"), ("vmdk-stream", "vmdk"), ("vhdx", "vhdx"),
           ("vdi", "vdi"), ("vhd", "vpc"),
-          ("fresh-overlay", "qcow2"), ("fresh-raw", "raw"), ("tar", "qcow2")]
-# Of these, made per run by bench_fresh and bench_tar, not by make_images.
-PER_RUN = ("fresh-overlay", "fresh-raw", "tar")
+          ("fresh-overlay", "qcow2"), ("fresh-raw", "raw"), ("tar", "qcow2"),
+          ("nbd", "qcow2")]
+# Of these, made per run by bench_fresh and bench_tar, not by make_images
+# (nbd: bench_nbd serves copies of the fully allocated qcow2 over NBD).
+PER_RUN = ("fresh-overlay", "fresh-raw", "tar", "nbd")
 
 # Issue 12's images: qemu-img convert of the raw image with these options.
 # Each is one format served read-only: only the read jobs run on it, and
@@ -134,6 +145,7 @@ FOREIGN = {
 
 # Commands -> the Debian package that ships them.
 PACKAGES = [("fio", "fio"), ("qemu-img", "qemu-utils"), ("qemu-io", "qemu-utils"),
+            ("qemu-nbd", "qemu-utils"), ("nbdkit", "nbdkit"),
             ("qemu-storage-daemon", "qemu-system-common"),
             ("qcowmount", "libqcow-utils"), ("fusermount3", "fuse3")]
 
@@ -477,7 +489,7 @@ def make_images(cfg, d, wanted):
         notes.append("qcow2 images skipped: qemu-img/qemu-io missing (qemu-utils)")
         return imgs, notes
     full = os.path.join(d, "full.qcow2")
-    if any(n in ("qcow2-full", "qcow2-chain-top", "fresh-overlay") for n in wanted):
+    if any(n in ("qcow2-full", "qcow2-chain-top", "fresh-overlay", "nbd") for n in wanted):
         log("converting to a fully allocated qcow2")
         run(["qemu-img", "convert", "-S", "0", "-f", "raw", "-O", "qcow2", src, full])
         imgs["qcow2-full"] = (full, "qcow2")
@@ -788,6 +800,186 @@ def bench_tar(peers, cfg, work, notes):
     return {n: None if t is None else statistics.median(t) for n, t in times.items()}
 
 
+# ---------------------------------------------------------------- NBD
+#
+# Issue 14: the nbdkit plugin (nbdkit-fde-plugin.so, found next to the
+# fuse-disk-export binary) against qemu-nbd, both serving a copy of the
+# fully allocated qcow2 over a Unix socket, measured with fio's nbd engine
+# (libnbd; one connection per fio job).  Both servers are live at once and
+# take turns run by run, like the views of bench_group.  qemu-nbd runs with
+# its defaults (cache=writeback, aio=threads), -f qcow2, -t (persistent,
+# so that it outlives fio's connections) and --shared=NBD_CONNS (it
+# accepts one client at a time otherwise); nbdkit with its defaults
+# (the plugin's parallel thread model, 16 threads per connection).
+
+NBD = "nbd"                             # its name in BENCH_IMAGES
+NBD_PLUGIN = "nbdkit-fde-plugin.so"
+NBD_CONNS = 2                           # numjobs of the depth-16 jobs
+# name -> (is_write, fio options); reads first, as in JOBS.
+NBD_JOBS = [
+    ("seq-read-1M",           False, dict(rw="read",      bs="1M", iodepth=1)),
+    (f"rand-read-4k-qd16x{NBD_CONNS}",  False, dict(rw="randread",  bs="4k", iodepth=16,
+                                               numjobs=NBD_CONNS, group_reporting=1)),
+    ("seq-write-1M",          True,  dict(rw="write",     bs="1M", iodepth=1)),
+    (f"rand-write-4k-qd16x{NBD_CONNS}", True,  dict(rw="randwrite", bs="4k", iodepth=16,
+                                               numjobs=NBD_CONNS, group_reporting=1)),
+]
+NBD_OURS, NBD_QEMU = "nbdkit + fde plugin", "qemu-nbd"
+
+
+class NbdServer(Peer):
+    """An NBD server on a Unix socket: start(image, sockdir, workdir)
+    returns the NBD URI; stop() stops it (TERM: both flush), removes its
+    socket and pidfile, and returns its VmHWM in KiB."""
+    tag = "?"
+
+    def start(self, image, sockdir, wdir):
+        self.sock = os.path.join(sockdir, f"{self.tag}.sock")
+        self.pidfile = os.path.join(wdir, f"{self.tag}.pid")
+        for f in (self.sock, self.pidfile):
+            if os.path.exists(f):
+                os.unlink(f)
+        run(self.argv(os.path.abspath(image)), timeout=120)
+        # nbdkit's child writes its pidfile after its parent has returned
+        if not wait_for(lambda: read_pid(self.pidfile) is not None
+                        and os.path.exists(self.sock), 10):
+            self.pid = read_pid(self.pidfile)
+            raise RuntimeError(f"{self.command} started but has no socket or pidfile")
+        self.pid = read_pid(self.pidfile)
+        if not pid_alive(self.pid):
+            raise RuntimeError(f"{self.command} exited after its start")
+        return f"nbd+unix:///?socket={self.sock}"
+
+    def alive(self):
+        return self.pid is not None and pid_alive(self.pid)
+
+    def stop(self):
+        hwm = None
+        if self.pid is not None:
+            hwm = vmhwm_kib(self.pid)
+            stop_pid(self.pid, signal.SIGTERM, 60)
+            self.pid = None
+        # nbdkit leaves both behind; qemu-nbd its pidfile
+        for f in (getattr(self, "sock", None), getattr(self, "pidfile", None)):
+            if f and os.path.lexists(f):
+                os.unlink(f)
+        return hwm
+
+
+class NbdkitFde(NbdServer):
+    name = NBD_OURS
+    command = "nbdkit"
+    tag = "nbdkit"
+
+    def __init__(self, plugin):
+        super().__init__()
+        self.plugin = plugin
+
+    def fresh(self):
+        return NbdkitFde(self.plugin)
+
+    def available(self):
+        return have(self.command) and os.path.exists(self.plugin)
+
+    def argv(self, image):
+        return ["nbdkit", "-U", self.sock, "-P", self.pidfile, self.plugin,
+                f"file={image}"]
+
+
+class QemuNbd(NbdServer):
+    name = NBD_QEMU
+    command = "qemu-nbd"
+    tag = "qemu-nbd"
+
+    def argv(self, image):
+        return ["qemu-nbd", "-f", "qcow2", "-k", self.sock, f"--shared={NBD_CONNS}",
+                "-t", "--fork", f"--pid-file={self.pidfile}", image]
+
+
+def nbd_fio(job, uri, cfg):
+    """One fio run of an NBD job: (iops, bytes/s) or raise with the reason."""
+    opts = dict(job[2])
+    opts.update(FIO_COMMON)
+    opts.update(name=job[0], ioengine="nbd", uri=uri, size=cfg.size,
+                runtime=cfg.runtime)
+    cmd = ["fio", "--output-format=json"] + [f"--{k}={v}" for k, v in opts.items()]
+    return fio_parse(cmd, "write" if job[1] else "read", cfg.runtime + 120)
+
+
+def nbd_missing(cfg):
+    """Why the NBD group cannot run here, or None."""
+    plugin = os.path.join(os.path.dirname(cfg.fde), NBD_PLUGIN)
+    if not os.path.exists(plugin):
+        return f"{plugin} not built (needs nbdkit-plugin-dev at configure time)"
+    for cmd, pkg in (("nbdkit", "nbdkit"), ("qemu-nbd", "qemu-utils"),
+                     ("qemu-img", "qemu-utils")):
+        if not have(cmd):
+            return f"{cmd} not installed ({pkg})"
+    return None
+
+
+def bench_nbd(cfg, full, work, state, res, rss, notes):
+    """The NBD jobs on our plugin and qemu-nbd, each serving its own copy
+    of the fully allocated qcow2 `full`; medians into res[(server, job)],
+    peak RSS into rss[server]."""
+    wdir = os.path.join(work, "nbd")
+    os.makedirs(wdir)
+    # sun_path holds 108 bytes: a long BENCH_DIR gets its sockets elsewhere
+    sockdir = wdir if len(wdir) < 80 else tempfile.mkdtemp(prefix="fde-nbd.", dir="/tmp")
+    servers = [NbdkitFde(os.path.join(os.path.dirname(cfg.fde), NBD_PLUGIN)), QemuNbd()]
+    live = []
+    try:
+        for s in servers:
+            state["active"].append(s)
+            log(f"nbd: starting {s.name}")
+            try:
+                copy = working_copy(full, os.path.join(wdir, f"{s.tag}.qcow2"), "qcow2")
+                live.append((s, s.start(copy, sockdir, wdir)))
+            except Exception as e:      # noqa: BLE001
+                notes.append(f"NBD, {s.name}: could not start: {e}")
+                for j in NBD_JOBS:
+                    res[(s.name, j[0])] = NA_ERR
+                s.cleanup()
+        for job in NBD_JOBS:
+            log(f"nbd: {job[0]}")
+            runs = {s.name: [] for s, _ in live}
+            for _ in range(cfg.repeat):
+                for s, uri in live:
+                    if runs[s.name] is None:
+                        continue
+                    os.sync()
+                    try:
+                        if not s.alive():
+                            raise RuntimeError(f"{s.command} is no longer running")
+                        runs[s.name].append(nbd_fio(job, uri, cfg))
+                    except Exception as e:  # noqa: BLE001
+                        runs[s.name] = None
+                        notes.append(f"NBD, {s.name}, {job[0]}: {e}")
+            for name, rs in runs.items():
+                res[(name, job[0])] = NA_ERR if rs is None else (
+                    statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+    finally:
+        for s in servers:
+            try:
+                hwm = s.stop()
+            except Exception as e:      # noqa: BLE001
+                log(f"stopping {s.name}: {e}")
+                hwm = None
+            if hwm is not None:
+                rss[s.name] = hwm
+            s.cleanup()
+        if sockdir != wdir:
+            shutil.rmtree(sockdir, ignore_errors=True)
+        shutil.rmtree(wdir, ignore_errors=True)
+
+
+def nbd_ratio(res, job):
+    o, q = res.get((NBD_OURS, job)), res.get((NBD_QEMU, job))
+    if isinstance(o, tuple) and isinstance(q, tuple) and q[0] > 0:
+        return o[0] / q[0]
+    return None
+
+
 # ---------------------------------------------------------------- report
 
 def cell(r):
@@ -798,7 +990,8 @@ def cell(r):
     return f"{r[0]:,.0f} / {r[1] / MiB:,.1f}"
 
 
-def report(cfg, res, ceiling, startup, rss, notes, peers, images, tar_times):
+def report(cfg, res, ceiling, startup, rss, notes, peers, images, tar_times,
+           nbd_res=None, nbd_rss=None):
     L = []
     L.append("# fuse-disk-export benchmark")
     L.append("")
@@ -809,11 +1002,12 @@ def report(cfg, res, ceiling, startup, rss, notes, peers, images, tar_times):
              "ours/best = fuse-disk-export IOPS / best peer IOPS (same run only; "
              "machines are noisy).")
     L.append("")
-    L.append("## Jobs through the raw view")
-    L.append("")
     names = [p.name for p in peers]
-    L.append("| image | job | " + " | ".join(names) + " | ours/best |")
-    L.append("|---|---|" + "---:|" * len(names) + "---:|")
+    if images:
+        L.append("## Jobs through the raw view")
+        L.append("")
+        L.append("| image | job | " + " | ".join(names) + " | ours/best |")
+        L.append("|---|---|" + "---:|" * len(names) + "---:|")
     for img in images:
         for job in ordered_jobs(cfg):
             row = [res.get((p.name, img, job[0])) for p in peers]
@@ -826,7 +1020,26 @@ def report(cfg, res, ceiling, startup, rss, notes, peers, images, tar_times):
             else:
                 ratio = f"{ours[0] / max(best):.2f}"
             L.append(f"| {img} | {job[0]} | " + " | ".join(cell(r) for r in row) + f" | {ratio} |")
-    L.append("")
+    if images:
+        L.append("")
+    if nbd_res:
+        L.append(f"## NBD: fio's nbd engine over a Unix socket, fully allocated qcow2")
+        L.append("")
+        L.append(f"(one connection per fio job; qemu-nbd -f qcow2 -t --shared={NBD_CONNS}, "
+                 "default cache and aio; ours/qemu-nbd = IOPS ratio, same run)")
+        L.append("")
+        L.append(f"| job | {NBD_OURS} | {NBD_QEMU} | ours/qemu-nbd |")
+        L.append("|---|---:|---:|---:|")
+        for job, _, _ in NBD_JOBS:
+            r = nbd_ratio(nbd_res, job)
+            L.append(f"| {job} | {cell(nbd_res.get((NBD_OURS, job)))} | "
+                     f"{cell(nbd_res.get((NBD_QEMU, job)))} | "
+                     f"{'n/a' if r is None else f'{r:.2f}'} |")
+        if nbd_rss:
+            L.append("")
+            L.append("Peak RSS (VmHWM after the jobs): " + ", ".join(
+                f"{n} {v / 1024:.1f} MiB" for n, v in nbd_rss.items()) + ".")
+        L.append("")
     if tar_times:
         L.append(f"## tar -x of {', '.join(cfg.tar_tree)} into ext4 on a fresh overlay, then sync")
         L.append("")
@@ -839,9 +1052,9 @@ def report(cfg, res, ceiling, startup, rss, notes, peers, images, tar_times):
             L.append(f"| {name} | {NA_ERR if t is None else f'{t:.2f}'} |")
         L.append("")
     rows = target_rows(res, startup, peers, images, [j[0] for j in ordered_jobs(cfg)],
-                       tar_times)
+                       tar_times, nbd_res)
     if rows:
-        L.append("## Targets (issues 6, 12 and 13)")
+        L.append("## Targets (issues 6, 12, 13 and 14)")
         L.append("")
         L.append("| target | measured | met |")
         L.append("|---|---|---|")
@@ -871,7 +1084,7 @@ def report(cfg, res, ceiling, startup, rss, notes, peers, images, tar_times):
                 NA_ERR if t is None else t if isinstance(t, str) else f"{t:.3f}"
                 for t in vals) + " |")
         L.append("")
-    if rss:
+    if rss and images:
         L.append("## Peak RSS (VmHWM after the jobs, MiB)")
         L.append("")
         L.append("| image | " + " | ".join(names) + " |")
@@ -910,6 +1123,9 @@ QCOW2_VS_RAW = 0.85                     # "within 15% of the raw export"
 FRESH_TARGETS = {"seq-write-1M": 1.5, "rand-write-4k-qd1": 1.5,
                  "rand-write-4k-aio16x2": 1.5}
 TAR_VS_QSD = 1.2
+# Issue 14's, NBD: job -> least ratio of our plugin to qemu-nbd.
+NBD_TARGETS = {"seq-read-1M": 1.5, f"rand-read-4k-qd16x{NBD_CONNS}": 1.5,
+               "seq-write-1M": 1.0, f"rand-write-4k-qd16x{NBD_CONNS}": 1.0}
 STARTUP_LIMIT = (1 << 40, 0.050)        # -d on a 1 TiB sparse qcow2
 
 
@@ -923,9 +1139,14 @@ def ours_vs_best(res, peers, img, job):
     return ours[0] / max(best)
 
 
-def target_rows(res, startup, peers, images, jobs, tar_times=None):
+def target_rows(res, startup, peers, images, jobs, tar_times=None, nbd_res=None):
     """[(target, measured, met)] for the targets this run could measure."""
     rows = []
+    for job, _, _ in NBD_JOBS:
+        want = NBD_TARGETS.get(job)
+        r = nbd_ratio(nbd_res or {}, job)
+        if want is not None and r is not None:
+            rows.append((f"NBD {job} >= {want}x qemu-nbd", f"{r:.2f}x", r >= want))
     for job in jobs:
         want = FRESH_TARGETS.get(job)
         r = ours_vs_best(res, peers, FRESH, job)
@@ -1089,7 +1310,8 @@ def parse_args():
     ap.add_argument("--jobs", default=env("BENCH_JOBS", ",".join(j[0] for j in JOBS)),
                     help="comma list of jobs (BENCH_JOBS)")
     ap.add_argument("--images", default=env("BENCH_IMAGES", ",".join(i[0] for i in IMAGES)),
-                    help="comma list of images (BENCH_IMAGES)")
+                    help="comma list of images (BENCH_IMAGES); nbd alone runs only "
+                         "the NBD group")
     ap.add_argument("--dir", default=env("BENCH_DIR", env("TMPDIR", "/var/tmp")),
                     help="parent of the scratch directory (BENCH_DIR, TMPDIR)")
     ap.add_argument("--tar-tree", default=env("BENCH_TAR_TREE", "/usr/share"),
@@ -1138,6 +1360,13 @@ def main():
         else:
             notes.append(f"peer {p.name} skipped: {p.command} not installed")
 
+    # BENCH_IMAGES=nbd: the NBD group alone (no ceiling, no startup timing)
+    nbd_only = set(cfg.images) == {NBD}
+    nbd_skip = nbd_missing(cfg) if NBD in cfg.images else None
+    if nbd_skip:
+        log(f"NBD group skipped: {nbd_skip}")
+        notes.append(f"NBD group skipped: {nbd_skip}")
+
     state = {"active": list(peers)}
     work = os.path.abspath(tempfile.mkdtemp(prefix="fde-bench.", dir=cfg.dir))
 
@@ -1147,12 +1376,16 @@ def main():
         signal.signal(s, on_signal)
 
     res, rss, ceiling, startup, tar_times = {}, {}, {}, {}, {}
+    nbd_res, nbd_rss = {}, {}
     try:
         imgs = {}
-        if have("fio"):
+        if have("fio") and not (nbd_only and nbd_skip):
             imgs, n = make_images(cfg, work, cfg.images)
             notes += n
+        # make_images may have built a base the list does not name
+        imgs = {k: v for k, v in imgs.items() if k in cfg.images}
 
+        if have("fio") and not nbd_only:
             log("ceiling: plain raw file in the page cache")
             plain = working_copy(os.path.join(work, "raw.img"), os.path.join(work, "plain.raw"))
             run(["cat", plain], stdout=subprocess.DEVNULL)
@@ -1165,8 +1398,6 @@ def main():
             os.unlink(plain)
 
             per_run = [i for i in PER_RUN if i in cfg.images]
-            # make_images may have built a base the list does not name
-            imgs = {k: v for k, v in imgs.items() if k in cfg.images}
             for group in image_groups(imgs):
                 bench_group(peers, cfg, group, work, res, rss, notes)
             full = os.path.join(work, "full.qcow2")
@@ -1178,10 +1409,15 @@ def main():
                     notes.append("fresh overlays skipped: no qcow2 base (qemu-img missing)")
             if "tar" in per_run and have("qemu-img"):
                 tar_times = bench_tar(peers, cfg, work, notes)
-        else:
+        if have("fio") and NBD in cfg.images and not nbd_skip:
+            full = os.path.join(work, "full.qcow2")
+            bench_nbd(cfg, full, work, state, nbd_res, nbd_rss, notes)
+        if not have("fio"):
             notes.append("throughput skipped: fio missing")
 
-        if have("qemu-img"):
+        if nbd_only:
+            pass
+        elif have("qemu-img"):
             log("startup: " + ", ".join(fmt_size(z) for z in cfg.big_sizes)
                 + " sparse qcow2")
             startup = bench_startup(cfg, work, cfg.fde, state, notes)
@@ -1189,7 +1425,7 @@ def main():
             notes.append("startup timing skipped: qemu-img missing")
 
         text = report(cfg, res, ceiling, startup, rss, notes, peers, list(imgs),
-                      tar_times)
+                      tar_times, nbd_res, nbd_rss)
         print(text)
         with open(cfg.out, "w") as f:
             f.write(text + "\n")

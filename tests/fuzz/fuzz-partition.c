@@ -119,9 +119,9 @@ mem_pread(struct fde_disk *d, void *buf, size_t len, uint64_t off)
 }
 
 static int
-mem_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+mem_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
-  (void) punch;
+  (void) flags;
   in_disk(d, off, len, "zero");
   return 0;                     /* the input stays as it is */
 }
@@ -202,7 +202,7 @@ use_window(struct mem_disk *m, unsigned n, uint64_t start, uint64_t size)
     fuzz_fail("partition %u: window of the wrong size", n);
   fuzz_check_ret(w->format->pread(w, buf, (size_t) len, 0), "pread");
   fuzz_check_ret(w->format->pread(w, buf, (size_t) len, size - len), "pread");
-  fuzz_check_ret(w->format->zero(w, size - len, len, true), "zero");
+  fuzz_check_ret(w->format->zero(w, size - len, len, FDE_ZERO_PUNCH), "zero");
   fuzz_check_ret(w->format->block_status(w, 0, size, &run, &status),
                  "block_status");
   if (run == 0 || run > size)

@@ -102,6 +102,7 @@ exercise_writes(struct fde_disk *disk, uint64_t *rng, uint64_t *wstart,
     uint64_t r = fuzz_next(rng);
     uint64_t o = fuzz_next(rng) % *wlen;
     size_t l = 1 + fuzz_next(rng) % (*wlen - o);
+    unsigned zflags;
     int ret;
 
     if ((r & 1) == 0)           /* mostly short, cluster-ish ranges */
@@ -121,11 +122,14 @@ exercise_writes(struct fde_disk *disk, uint64_t *rng, uint64_t *wstart,
       fuzz_check_ret(ret, "pwrite");
       memcpy(shadow + o, buf, l);
       break;
-    case 3:                     /* zero (punch or not) */
+    case 3:                     /* zero (punch, fast, both or neither) */
       if (f->zero == NULL)
         continue;
-      ret = f->zero(disk, *wstart + o, l, (r >> 12) & 1);
+      zflags = (r >> 12) & (FDE_ZERO_PUNCH | FDE_ZERO_FAST);
+      ret = f->zero(disk, *wstart + o, l, zflags);
       fuzz_check_ret(ret, "zero");
+      if (ret == -ENOTSUP && (zflags & FDE_ZERO_FAST))
+        continue;               /* refused: nothing may have changed */
       memset(shadow + o, 0, l);
       break;
     default:

@@ -66,11 +66,11 @@ stub_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
 }
 
 static int
-stub_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+stub_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
   struct stub_disk *s = STUB(d);
 
-  if (punch)
+  if (flags & FDE_ZERO_PUNCH)
     s->punches++;
   else
     s->zeros++;
@@ -250,7 +250,7 @@ test_read_only_format_opened_read_only(void)
   CHECK(byte_locked(path, 100) && !byte_locked(path, 101)
         && !byte_locked(path, 102));        /* a reader's bytes only */
   CHECK(byte_locked(path, 201) && byte_locked(path, 203));
-  CHECK(fde_disk_zero(d, 0, 4096, false) == -EROFS
+  CHECK(fde_disk_zero(d, 0, 4096, 0) == -EROFS
         && STUB(d)->pwrites == 0);
   close_file(d, path, fd);
 
@@ -284,28 +284,34 @@ test_zero_emulated(void)
   s = stub_new(&f, false);
   CHECK(fde_disk_can_write(&s->disk) && !fde_disk_can_zero(&s->disk)
         && !fde_disk_can_discard(&s->disk));
-  CHECK(fde_disk_zero(&s->disk, 4096, 2 * MiB + 512, true) == 0);
+  CHECK(fde_disk_zero(&s->disk, 4096, 2 * MiB + 512, FDE_ZERO_PUNCH) == 0);
   CHECK(s->pwrites == 3 && s->largest_pwrite == MiB);
   CHECK(s->zeros == 0 && s->punches == 0);
   CHECK(memcmp(s->bytes + 4096, zeros, 2 * MiB + 512) == 0);
   CHECK(s->bytes[4095] == 0xa5 && s->bytes[4096 + 2 * MiB + 512] == 0xa5);
-  CHECK(fde_disk_zero(&s->disk, 0, 0, false) == 0 && s->pwrites == 3);
+  CHECK(fde_disk_zero(&s->disk, 0, 0, 0) == 0 && s->pwrites == 3);
+  /* fast zero (NBD's) is refused rather than written, nothing touched */
+  s->bytes[0] = 0xa5;
+  CHECK(fde_disk_zero(&s->disk, 0, 4096, FDE_ZERO_FAST) == -ENOTSUP);
+  CHECK(fde_disk_zero(&s->disk, 0, 4096, FDE_ZERO_FAST | FDE_ZERO_PUNCH)
+        == -ENOTSUP);
+  CHECK(s->pwrites == 3 && s->bytes[0] == 0xa5);
   /* a failed write is passed on */
   s->pwrites = 0;
   s->fail_pwrite = 2;
-  CHECK(fde_disk_zero(&s->disk, 0, 3 * MiB, false) == -EIO);
+  CHECK(fde_disk_zero(&s->disk, 0, 3 * MiB, 0) == -EIO);
   CHECK(s->pwrites == 2);
   /* opened read-only: nothing is touched */
   s->disk.read_only = true;
   s->pwrites = 0;
-  CHECK(fde_disk_zero(&s->disk, 0, 512, true) == -EROFS && s->pwrites == 0);
+  CHECK(fde_disk_zero(&s->disk, 0, 512, FDE_ZERO_PUNCH) == -EROFS && s->pwrites == 0);
   stub_close(&s->disk);
 
   /* zero but no discard: a discard becomes zeroing */
   f.can_zero = stub_yes;
   s = stub_new(&f, false);
   CHECK(fde_disk_can_zero(&s->disk) && !fde_disk_can_discard(&s->disk));
-  CHECK(fde_disk_zero(&s->disk, 0, 3 * MiB, true) == 0);
+  CHECK(fde_disk_zero(&s->disk, 0, 3 * MiB, FDE_ZERO_PUNCH) == 0);
   CHECK(s->zeros == 1 && s->punches == 0 && s->pwrites == 0);
   CHECK(memcmp(s->bytes, zeros, 3 * MiB) == 0);
   stub_close(&s->disk);
@@ -313,8 +319,8 @@ test_zero_emulated(void)
   /* both: each as asked */
   f.can_discard = stub_yes;
   s = stub_new(&f, false);
-  CHECK(fde_disk_zero(&s->disk, 0, 512, true) == 0 && s->punches == 1);
-  CHECK(fde_disk_zero(&s->disk, 0, 512, false) == 0 && s->zeros == 1);
+  CHECK(fde_disk_zero(&s->disk, 0, 512, FDE_ZERO_PUNCH) == 0 && s->punches == 1);
+  CHECK(fde_disk_zero(&s->disk, 0, 512, 0) == 0 && s->zeros == 1);
   CHECK(s->pwrites == 0);
   stub_close(&s->disk);
 
@@ -322,7 +328,7 @@ test_zero_emulated(void)
   f.zero = NULL;
   s = stub_new(&f, false);
   CHECK(!fde_disk_can_zero(&s->disk) && !fde_disk_can_discard(&s->disk));
-  CHECK(fde_disk_zero(&s->disk, 0, 512, true) == 0 && s->pwrites == 1);
+  CHECK(fde_disk_zero(&s->disk, 0, 512, FDE_ZERO_PUNCH) == 0 && s->pwrites == 1);
   stub_close(&s->disk);
 }
 
@@ -352,7 +358,7 @@ test_layers_forward(void)
         && !fde_disk_can_discard(w) && fde_disk_can_map(w));
   CHECK(w->format->can_discard == NULL);
   /* a discard through the window is zeroing below, shifted */
-  CHECK(fde_disk_zero(w, 0, 4096, true) == 0);
+  CHECK(fde_disk_zero(w, 0, 4096, FDE_ZERO_PUNCH) == 0);
   CHECK(s->zeros == 1 && s->punches == 0 && s->bytes[MiB] == 0
         && s->bytes[MiB - 1] == 0xa5);
   fde_disk_close(w);
@@ -369,7 +375,7 @@ test_layers_forward(void)
   s = stub_new(&ro, false);     /* even with the flag left clear */
   CHECK(fde_partition_open(&s->disk, 1, 0, MiB, &w) == 0);
   CHECK(w->format->can_write == NULL && !fde_disk_can_write(w));
-  CHECK(fde_disk_zero(w, 0, 512, false) == -EROFS && s->pwrites == 0);
+  CHECK(fde_disk_zero(w, 0, 512, 0) == -EROFS && s->pwrites == 0);
   fde_disk_close(w);
 
   /* emulated zeroing goes through the top layer: the guard sees it */
@@ -377,9 +383,9 @@ test_layers_forward(void)
   f.can_zero = NULL;
   s = stub_new(&f, false);
   memcpy(s->bytes, "IMG?", 4);
-  CHECK(fde_guard_open(&s->disk, "stub", looks_like_image, NULL, &g) == 0);
+  CHECK(fde_guard_open(&s->disk, "stub", "-f raw", looks_like_image, NULL, &g) == 0);
   CHECK(!fde_disk_can_zero(g) && g->format->zero == NULL);
-  CHECK(fde_disk_zero(g, 0, 2 * MiB, false) == 0);
+  CHECK(fde_disk_zero(g, 0, 2 * MiB, 0) == 0);
   CHECK(s->pwrites == 2 && s->bytes[0] == 0 && s->bytes[2 * MiB - 1] == 0);
   fde_disk_close(g);
 }

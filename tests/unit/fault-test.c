@@ -541,7 +541,7 @@ do_range(struct fde_disk *disk, enum op_kind kind, uint64_t off,
     break;
   case OP_ZERO:
   case OP_DISCARD:
-    rc = f->zero(disk, off, len, kind == OP_DISCARD);
+    rc = f->zero(disk, off, len, kind == OP_DISCARD ? FDE_ZERO_PUNCH : 0);
     break;
   default:
     rc = f->flush(disk);

@@ -56,7 +56,7 @@ mem_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
 }
 
 static int
-mem_zero(struct fde_disk *d, uint64_t off, uint64_t len, bool punch)
+mem_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
   note(d, off, len);
   memset(MEM(d)->bytes + off, 0, len);
@@ -457,7 +457,7 @@ test_window_layer(void)
   CHECK(w->format->pwrite(w, want, sizeof want, 0) == 0);
   CHECK(memcmp(m->bytes + start, want, 512) == 0);
   CHECK(m->bytes[start - 1] == (uint8_t) ((start - 1) * 7 + 1));
-  CHECK(w->format->zero(w, 512, 1024, true) == 0);
+  CHECK(w->format->zero(w, 512, 1024, FDE_ZERO_PUNCH) == 0);
   CHECK(m->last_off == start + 512 && m->last_len == 1024);
   CHECK(m->bytes[start + 511] == 0xab && m->bytes[start + 512] == 0
         && m->bytes[start + 1536] == (uint8_t) ((start + 1536) * 7 + 1));
@@ -495,13 +495,13 @@ test_guard(void)
   struct mem_disk *m = mem_new(1 << 16);
   struct fde_disk *g, *w;
 
-  CHECK(fde_guard_open(&m->disk, "mem.img", looks_like_image, NULL, &g) == 0);
+  CHECK(fde_guard_open(&m->disk, "mem.img", "-f raw", looks_like_image, NULL, &g) == 0);
   CHECK(g->size == m->disk.size);
   CHECK(g->format->pwrite(g, "IMG!", 4, 0) == -EPERM);
   CHECK(g->format->pwrite(g, "MG!", 3, 1) == 0);    /* "?MG!": fine */
   CHECK(g->format->pwrite(g, "I", 1, 0) == -EPERM); /* completes "IMG!" */
   CHECK(m->bytes[0] == 1);
-  CHECK(g->format->zero(g, 0, 1, false) == 0);      /* "\0MG!": fine */
+  CHECK(g->format->zero(g, 0, 1, 0) == 0);      /* "\0MG!": fine */
   CHECK(g->format->pwrite(g, "IMG!", 4, 512) == 0); /* sector 1: no check */
   /* a window over the guard at the disk's start is guarded too */
   CHECK(fde_partition_open(g, 1, 0, 4096, &w) == 0);

@@ -145,7 +145,7 @@ test_guard(const char *path)
   token = d->format->io_begin(d);
   a = host_of(d, 0, cs);
   /* Meanwhile the cluster is discarded; the flush frees it. */
-  check_r(d->format->zero(d, 0, cs, true), "discard");
+  check_r(d->format->zero(d, 0, cs, FDE_ZERO_PUNCH), "discard");
   check_r(d->format->flush(d), "flush after the discard");
   write_pattern(d, cs, cs, 0xb2);
   b = host_of(d, cs, cs);
