@@ -40,6 +40,22 @@ fde_parse_size(const char *s, uint64_t *out)
   return 0;
 }
 
+int
+fde_parse_number(const char *s, unsigned max, unsigned *out)
+{
+  char *end;
+  unsigned long long v;
+
+  errno = 0;
+  if (*s < '0' || *s > '9')     /* strtoull takes spaces and signs */
+    return -1;
+  v = strtoull(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v > max)
+    return -1;
+  *out = (unsigned) v;
+  return 0;
+}
+
 /* Why opening the image for writing failed (err), said once it is known
  * that the image's format would have written; a status. */
 static int

@@ -49,6 +49,17 @@ struct fde_image_spec {
  * 0, or -1 for anything else (a sign, another suffix, an overflow). */
 int fde_parse_size(const char *s, uint64_t *out);
 
+/* The largest partition number and OVA disk number either front end
+ * takes (--partition=, partition=; --disk=, disk=): far past any table
+ * or OVF we accept, which refuse a missing one by name anyway. */
+#define FDE_MAX_PARTITION 1000000u
+#define FDE_MAX_DISK      1000000u
+
+/* Parse a decimal number from 0 to max as both front ends take one
+ * (--partition=, partition=, --stop-timeout=): digits only, no sign, no
+ * space, no suffix.  0, or -1 for anything else (an overflow too). */
+int fde_parse_number(const char *s, unsigned max, unsigned *out);
+
 /* An image being opened, then open.  Owned by the caller; fde_image_close
  * releases what it holds. */
 struct fde_image {

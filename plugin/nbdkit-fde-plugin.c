@@ -187,21 +187,17 @@ parse_size(int k, bool nonzero, uint64_t *out)
   return 0;
 }
 
-/* A number from 1.  0, or -1 with one line logged. */
+/* A number from 1 to max (fde_parse_number).  0, or -1 with one line
+ * logged. */
 static int
-parse_number(int k, unsigned *out)
+parse_number(int k, unsigned max, unsigned *out)
 {
   const char *v = plugin.given[k];
-  char *end;
-  unsigned long n;
 
-  errno = 0;
-  n = v[0] >= '1' && v[0] <= '9' ? strtoul(v, &end, 10) : 0;
-  if (n == 0 || errno != 0 || *end != '\0' || n > UINT_MAX) {
-    nbdkit_error("%s=%s: not a number from 1", keys[k], v);
+  if (fde_parse_number(v, max, out) < 0 || *out == 0) {
+    nbdkit_error("%s=%s: not a number from 1 to %u", keys[k], v, max);
     return -1;
   }
-  *out = (unsigned) n;
   return 0;
 }
 
@@ -265,8 +261,9 @@ fde_config_complete(void)
           && parse_size(K_DECOMPRESSED_CACHE, true, &s->zcache_bytes) < 0)
       || (g[K_ALLOW_BDEV] && parse_bool(K_ALLOW_BDEV,
                                         &s->allow_bdev_backing) < 0)
-      || (g[K_PARTITION] && parse_number(K_PARTITION, &s->partition) < 0)
-      || (g[K_DISK] && parse_number(K_DISK, &s->disk) < 0))
+      || (g[K_PARTITION] && parse_number(K_PARTITION, FDE_MAX_PARTITION,
+                                         &s->partition) < 0)
+      || (g[K_DISK] && parse_number(K_DISK, FDE_MAX_DISK, &s->disk) < 0))
     return -1;
   s->path = plugin.file;
   s->snapshot = g[K_SNAPSHOT];

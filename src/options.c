@@ -32,8 +32,6 @@ enum {
 
 #define DEFAULT_STOP_TIMEOUT 60   /* seconds --stop waits for the daemon */
 #define MAX_STOP_TIMEOUT 2000000  /* poll(2) takes milliseconds in an int */
-#define MAX_PARTITION 1000000     /* far past any table we accept */
-#define MAX_DISK 1000000          /* far past the disks an OVA may hold */
 
 static const char short_options[] = "dp:f:rm:P:nqvhV";
 static const struct option long_options[] = {
@@ -276,39 +274,19 @@ apply_option(int c, struct options *o)
   case ALLOW_BDEV_OPTION: o->allow_bdev_backing = true; break;
   case NO_SPLICE_OPTION: o->no_splice = true; break;
   case STOP_OPTION: o->stop_pid_file = optarg; break;
-  case PARTITION_OPTION: {
-    char *end;
-    unsigned long v;
-    errno = 0;
-    v = strtoul(optarg, &end, 10);
-    if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-'
-        || optarg[0] == '+' || v == 0 || v > MAX_PARTITION)
+  case PARTITION_OPTION:
+    if (fde_parse_number(optarg, FDE_MAX_PARTITION, &o->partition) == -1
+        || o->partition == 0)
       return usage_error("invalid --partition (a number from 1)", optarg);
-    o->partition = (unsigned) v;
     break;
-  }
-  case DISK_OPTION: {
-    char *end;
-    unsigned long v;
-    errno = 0;
-    v = strtoul(optarg, &end, 10);
-    if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-'
-        || optarg[0] == '+' || v == 0 || v > MAX_DISK)
+  case DISK_OPTION:
+    if (fde_parse_number(optarg, FDE_MAX_DISK, &o->disk) == -1 || o->disk == 0)
       return usage_error("invalid --disk (a number from 1)", optarg);
-    o->disk = (unsigned) v;
     break;
-  }
-  case STOP_TIMEOUT_OPTION: {
-    char *end;
-    unsigned long v;
-    errno = 0;
-    v = strtoul(optarg, &end, 10);
-    if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-'
-        || v > MAX_STOP_TIMEOUT)
+  case STOP_TIMEOUT_OPTION:
+    if (fde_parse_number(optarg, MAX_STOP_TIMEOUT, &o->stop_timeout) == -1)
       return usage_error("invalid --stop-timeout (seconds)", optarg);
-    o->stop_timeout = (unsigned) v;
     break;
-  }
   case 'q': o->verbose = -1; break;
   case 'v': if (o->verbose >= 0) o->verbose++; break;
   case 'h': usage(); return 1;

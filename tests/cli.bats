@@ -162,11 +162,15 @@ formats_with() {
   assert_output --partial "allow-other"
 }
 
-@test "bad --cache-size and --decompressed-cache values are usage errors (exit 2)" {
+@test "bad --cache-size, --decompressed-cache and --stop-timeout values are usage errors (exit 2)" {
   truncate -s 1M img
   local bad
+  # strtoull alone would take the space, the sign and the wrapped number
   for bad in --cache-size=lots --cache-size=-1 --decompressed-cache=0 \
-    --decompressed-cache=4Q; do
+    --decompressed-cache=4Q "--cache-size= 1M" --cache-size=+1M \
+    --cache-size=18446744073709551616 --cache-size=17179869184G \
+    "--stop-timeout= 5" --stop-timeout=+5 --stop-timeout=2000001 \
+    --stop-timeout=18446744073709551617; do
     run "$FDE" "$bad" img
     assert_failure 2
     assert_output --partial "invalid ${bad%%=*}"

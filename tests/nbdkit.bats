@@ -68,12 +68,15 @@ KiB=1024
 # Preloaded, libp11-kit's constructor runs after libstdc++'s, whose
 # malloc initialises ASan first (glibc 2.36, Debian 12).
 NBDKIT_P11=
+# NBDKIT_SHIM, if set, is preloaded last (tests/fault-shim.so).
 nbdkit_run() {
-  local pre=()
+  local pre=() shim=${NBDKIT_SHIM:-}
   if [ -n "${FDE_PRELOAD:-}" ]; then
     [ -n "$NBDKIT_P11" ] || NBDKIT_P11=$(ldd "$(command -v nbdkit)" |
       awk '$1 ~ /^libp11-kit\./ { print $3; exit }')
-    pre=(env "LD_PRELOAD=$FDE_PRELOAD${NBDKIT_P11:+ $NBDKIT_P11}")
+    pre=(env "LD_PRELOAD=$FDE_PRELOAD${NBDKIT_P11:+ $NBDKIT_P11}${shim:+ $shim}")
+  elif [ -n "$shim" ]; then
+    pre=(env "LD_PRELOAD=$shim")
   fi
   timeout -s KILL 120 "${pre[@]}" nbdkit "$@" 3>&-
 }
@@ -538,6 +541,10 @@ served_read_only() {
   run qemu-io -f qcow2 -c "write 0 512" base.qcow2
   assert_failure
   assert_output --partial 'lock'
+  # a second nbdkit serving it is refused at start, naming the first
+  # (our own executable is named as it runs: nbdkit) and its pid
+  SOCK="$WORK/sock2" refused top.qcow2
+  assert_output --regexp "top\.qcow2: in use by nbdkit \(pid $NBDKIT_PID\)"
   stop_nbdkit
   run qemu-io -f qcow2 -c "read 0 512" top.qcow2
   assert_success
@@ -546,6 +553,26 @@ served_read_only() {
 }
 
 # ---- 8: hostile images --------------------------------------------------
+
+@test "a final flush that fails when nbdkit exits (fdatasync EIO, injected by tests/fault-shim.so) is logged: writes since the last flush may be lost" {
+  local shim=${FDE_BUILDDIR:-$FDE_SRCDIR}/tests/fault-shim.so
+  [ -f "$shim" ] || fail "$shim is missing: make check builds it"
+  truncate -s 16M img.raw
+  head -c 1M /dev/urandom >data.raw
+  # every fdatasync/fsync of img.raw fails from the first; raw writes do
+  # not sync, so only the final flush meets the fault
+  echo "g1 sync 1 EIO 0" >"$WORK/fault.ctl"
+  FDE_FAULT_FILE=$WORK/img.raw FDE_FAULT_CTL=$WORK/fault.ctl \
+    FDE_FAULT_LOG=$WORK/fault.log NBDKIT_SHIM=$shim \
+    ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+    start_nbdkit img.raw
+  nbdcopy data.raw "$NBD"
+  stop_nbdkit
+  grep -Eq '^g1 1 sync fdatasync .* -5 injected$' "$WORK/fault.log" ||
+    fail "the final fdatasync did not fail: $(cat "$WORK/fault.log")"
+  grep -q "img.raw: the final flush failed: writes since the last successful flush may be lost" \
+    "$WORK/nbdkit.log" || fail "not logged: $(cat "$WORK/nbdkit.log")"
+}
 
 @test "fast zero (qemu-io write -z -n): whole clusters are zeroed; partial clusters and a v2 image over a backing file get ENOTSUP with nothing changed" {
   make_chain "$WORK"
@@ -677,7 +704,13 @@ nbdkit_aborts_on_hangup() {
   refused img.qcow2 format=nonsense
   assert_output --partial 'format=nonsense: not a format this plugin serves'
   refused img.qcow2 partition=0
-  assert_output --partial 'partition=0: not a number from 1'
+  assert_output 'nbdkit: error: partition=0: not a number from 1 to 1000000'
+  refused img.qcow2 disk=4294967297
+  assert_output 'nbdkit: error: disk=4294967297: not a number from 1 to 1000000'
+  refused img.qcow2 "partition= 1"
+  assert_output --partial 'partition= 1: not a number from 1'
+  refused img.qcow2 "cache-size= 1M"
+  assert_output --partial 'cache-size= 1M: not a size'
   refused img.qcow2 readonly=perhaps
   assert_output 'nbdkit: error: readonly=perhaps: not a boolean (true or false)'
   refused img.qcow2 cache-size=-1

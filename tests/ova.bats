@@ -232,7 +232,7 @@ EOF
   make_ova app.ova ustar disk1.img disk2.img
   expect_refused app.ova 'disk=3: the OVA holds 2 disks' --disk=3
   local bad
-  for bad in 0 -1 x 1x ''; do
+  for bad in 0 -1 +1 ' 1' x 1x '' 1000001 4294967297; do
     run --separate-stderr "$FDE" --probe --disk="$bad" app.ova
     [ "$status" = 2 ] || fail "--disk=$bad: exit $status, want 2: $stderr"
   done

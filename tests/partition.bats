@@ -425,7 +425,7 @@ PY
   assert_output --partial "virtual-size: $((4096 * 512))"
   assert_output --partial "partition: 5"
   assert_output --partial "partition-start: $((28672 * 512))"
-  for bad in 0 -1 +2 x 2x ""; do
+  for bad in 0 -1 +2 x 2x "" " 2" 1000001 18446744073709551617; do
     run "$FDE" --partition="$bad" disk.img
     assert_failure 2
     assert_output --partial "invalid --partition"
