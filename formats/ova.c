@@ -495,8 +495,11 @@ tar_read(int fd, const char *path, uint64_t file_size, struct ova_tar *t)
     if (zero_block(h))
       break;
     if (!tar_checksum_ok(h)) {
-      fde_error("%s: the tar header at byte %" PRIu64 " has a bad checksum",
-                path, off);
+      /* the first header: most likely not a tar archive at all (-f ova
+       * on another image), and the message should say so */
+      fde_error("%s: %sthe tar header at byte %" PRIu64 " has a bad "
+                "checksum", path, off == 0 ? "not an OVA (a tar archive): "
+                : "", off);
       r = -EINVAL;
       break;
     }
@@ -518,7 +521,7 @@ tar_read(int fd, const char *path, uint64_t file_size, struct ova_tar *t)
     r = -ENOMEM;
   }
   if (r == 0 && t->n == 0) {
-    fde_error("%s: the archive holds no member", path);
+    fde_error("%s: not an OVA: the tar archive holds no member", path);
     r = -EINVAL;
   }
   if (r == 0)
@@ -595,6 +598,7 @@ ovf_file_member(struct ovf_read *o, xmlNode *f)
   char *comp = ovf_attr(f, "compression"), *chunk = ovf_attr(f, "chunkSize");
   const struct ova_member *m = href != NULL ? tar_find(o->tar, href) : NULL;
   const char *why = NULL;
+  char size_why[96];
   char *end;
 
   if (href == NULL || href[0] == '\0')
@@ -614,8 +618,17 @@ ovf_file_member(struct ovf_read *o, xmlNode *f)
     errno = 0;
     unsigned long long v = strtoull(size, &end, 10);
     if (size[0] < '0' || size[0] > '9' || errno != 0 || *end != '\0'
-        || v != m->size)
-      why = "of another size than ovf:size says";
+        || v != m->size) {
+      /* ovf:size is untrusted text: say its length-capped value only
+       * when it is a plain number */
+      if (size[0] >= '0' && size[0] <= '9' && errno == 0 && *end == '\0')
+        snprintf(size_why, sizeof size_why, "the member is %" PRIu64
+                 " bytes, the OVF's ovf:size says %llu", m->size, v);
+      else
+        snprintf(size_why, sizeof size_why, "the member is %" PRIu64
+                 " bytes, the OVF's ovf:size is not a number", m->size);
+      why = size_why;
+    }
   }
   if (why != NULL) {
     if (href != NULL && utf8_ok(href) && strlen(href) <= OVA_MAX_NAME)

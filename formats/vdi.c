@@ -233,9 +233,10 @@ check_qemu_fields(const char *path, const struct vdi_header *h)
     return -ENOTSUP;
   }
   if (h->offset_bmap % VDI_SECTOR != 0 || h->offset_data % VDI_SECTOR != 0) {
-    fde_error("%s: VDI block map offset %#" PRIx32 " or data offset %#"
-              PRIx32 " is not a multiple of 512", path, h->offset_bmap,
-              h->offset_data);
+    bool bmap = h->offset_bmap % VDI_SECTOR != 0;
+    fde_error("%s: VDI %s offset %#" PRIx32 " is not a multiple of 512",
+              path, bmap ? "block map" : "data",
+              bmap ? h->offset_bmap : h->offset_data);
     return -EINVAL;
   }
   if (h->sector_size != VDI_SECTOR) {
@@ -270,11 +271,15 @@ check_layout(const char *path, const struct vdi_header *h, uint64_t fsize)
 {
   uint64_t bmap_end = (uint64_t) h->offset_bmap + (uint64_t) h->blocks * 4;
 
-  if (h->header_size < VDI_HEADER1_MIN
-      || VDI_PREHEADER + (uint64_t) h->header_size > h->offset_bmap) {
-    fde_error("%s: VDI header size %" PRIu32 " is invalid (at least %u, "
-              "ending before the block map at %#" PRIx32 ")", path,
-              h->header_size, VDI_HEADER1_MIN, h->offset_bmap);
+  if (h->header_size < VDI_HEADER1_MIN) {
+    fde_error("%s: VDI header size %" PRIu32 " is less than %u", path,
+              h->header_size, VDI_HEADER1_MIN);
+    return -EINVAL;
+  }
+  if (VDI_PREHEADER + (uint64_t) h->header_size > h->offset_bmap) {
+    fde_error("%s: VDI block map at %#" PRIx32 " lies inside the header "
+              "(%" PRIu64 " bytes)", path, h->offset_bmap,
+              VDI_PREHEADER + (uint64_t) h->header_size);
     return -EINVAL;
   }
   if (h->image_type != VDI_TYPE_DYNAMIC && h->image_type != VDI_TYPE_STATIC) {

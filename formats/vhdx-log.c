@@ -41,6 +41,8 @@
 
 #define ENTRY_HEADER      64u
 #define DESCRIPTOR        32u
+/* The file type identifier's place: the first 64 KiB ([MS-VHDX] 2.1). */
+#define VHDX_FILE_IDENTIFIER (64u << 10)
 /* Ours: a log over 64 MiB (QEMU and Hyper-V make 1 MiB logs) is not
  * read; it is held in memory while it is scanned. */
 #define MAX_LOG           (64u << 20)
@@ -466,12 +468,15 @@ add_write(const struct vhdx_log_place *p, struct vhdx_overlay *ov,
   uint64_t log_end = p->offset + p->length;
 
   if (off > p->file_size || len > p->file_size - off
-      || (off < log_end && off + len > p->offset)) {
+      || (off < log_end && off + len > p->offset)
+      || (len > 0 && off < VHDX_FILE_IDENTIFIER)) {
+    /* Over the file identifier, QEMU's replay leaves a file that no
+     * longer opens as a VHDX: there is no view to show after it. */
     fde_error("%s: VHDX log would write %" PRIu64 " bytes at offset %#"
               PRIx64 ", %s: refusing to replay it", p->path, len, off,
-              off < log_end && off <= p->file_size
-              && len <= p->file_size - off ? "into the log itself"
-              : "outside the file");
+              off > p->file_size || len > p->file_size - off
+              ? "outside the file" : off < VHDX_FILE_IDENTIFIER
+              ? "over the file identifier" : "into the log itself");
     free(data);
     return -EINVAL;
   }
@@ -534,10 +539,18 @@ replay(struct scan *s, struct vhdx_overlay *ov, size_t tail, size_t head)
   size_t cap = 0;
   int r = 0;
 
-  if (flushed > p->file_size || last > p->file_size) {
-    fde_error("%s: VHDX log expects a file of %" PRIu64 " bytes, it has %"
-              PRIu64 " (truncated?): refusing to replay it", p->path,
-              flushed > last ? flushed : last, p->file_size);
+  if (flushed > p->file_size) {
+    fde_error("%s: VHDX log says the file was flushed at %" PRIu64 " bytes, "
+              "it has %" PRIu64 " (truncated?): refusing to replay it",
+              p->path, flushed, p->file_size);
+    return -EINVAL;
+  }
+  if (last > p->file_size) {
+    /* [MS-VHDX] lets a replay extend the file; QEMU does.  A view of a
+     * file that is not written cannot show the bytes past its end. */
+    fde_error("%s: VHDX log would extend the file to %" PRIu64 " bytes "
+              "(it has %" PRIu64 "): refusing to replay it", p->path, last,
+              p->file_size);
     return -EINVAL;
   }
   for (size_t i = tail; r == 0; i = s->e[i].next) {

@@ -523,8 +523,11 @@ locator_name(struct vpc_disk *v, const uint8_t *hdr, uint32_t code,
     if (len == 0 || len > MAX_LOCATOR || off < FOOTER_SIZE
         || off > v->file_size || v->file_size - off < len) {
       fde_error("%s: VHD parent locator %u (%" PRIu32 " bytes at %#" PRIx64
-                ") is empty, too long or outside the file", v->disk.path, k,
-                len, off);
+                ") %s", v->disk.path, k, len, off,
+                len == 0 ? "is empty"
+                : len > MAX_LOCATOR ? "is longer than this program reads"
+                : off < FOOTER_SIZE ? "overlaps the footer copy"
+                : "runs past the end of the file");
       return -EINVAL;
     }
     if ((raw = malloc(len + 1)) == NULL)

@@ -280,6 +280,13 @@ EOF
   expect_refused flat.ova 'descriptor file in an OVA'
 }
 
+@test "-f ova on an image that is no tar archive (a qcow2, zeros) is refused as not an OVA" {
+  qemu-img create -q -f qcow2 img.qcow2 1M
+  expect_refused img.qcow2 'not an OVA \(a tar archive\): the tar header at byte 0 has a bad checksum' -f ova
+  truncate -s 1M zeros.img
+  expect_refused zeros.img 'not an OVA: the tar archive holds no member' -f ova
+}
+
 @test "hostile headers: bad checksum, size past the end, base-256 negative and huge sizes, a header that is not ustar, a truncated archive" {
   make_disk disk1.img $MiB
   make_ova app.ova ustar disk1.img
@@ -340,7 +347,10 @@ EOF
   make_ovf size.ovf disk1.img
   sed -i 's|ovf:href="disk1.img"|& ovf:size="12345"|' size.ovf
   tar --format=ustar -cf size.ova size.ovf disk1.img
-  expect_refused size.ova 'another size than ovf:size'
+  expect_refused size.ova "\"disk1.img\": the member is $MiB bytes, the OVF's ovf:size says 12345"
+  sed -i 's|ovf:size="12345"|ovf:size="-1"|' size.ovf
+  tar --format=ustar -cf size2.ova size.ovf disk1.img
+  expect_refused size2.ova "the member is $MiB bytes, the OVF's ovf:size is not a number"
   cat >lol.ovf <<'EOF'
 <?xml version="1.0"?>
 <!DOCTYPE Envelope [

@@ -340,7 +340,7 @@ $output"
 
 # --- 8. the seed example ------------------------------------------------------
 
-@test "parted + losetup + mkfs.ext4 on the qcow2 view; the file reads back via -r export and via qemu-img convert" {
+@test "parted + losetup --direct-io=on (as the README advises) + mkfs.ext4 on the qcow2 view; the file reads back via -r export and via qemu-img convert" {
   requires_root
   requires parted
   requires losetup
@@ -353,8 +353,11 @@ $output"
   local start size dev
   read -r start size < <(sfdisk -d disk.qcow2 | awk -F'[=,]' '/^disk.qcow2p?1 :/ { gsub(/ /, ""); print $2, $4 }')
   [ "$start" = 2048 ] || fail "partition 1 starts at sector '$start': $(sfdisk -d disk.qcow2)"
-  dev=$(losetup -o $((start * 512)) --sizelimit $((size * 512)) -f --show disk.qcow2) ||
-    fail "losetup on the view failed"
+  dev=$(losetup -o $((start * 512)) --sizelimit $((size * 512)) --direct-io=on \
+    -f --show disk.qcow2) || fail "losetup on the view failed"
+  # losetup falls back to buffered I/O, silently, where the file refuses it
+  [ "$(cat "/sys/block/${dev#/dev/}/loop/dio")" = 1 ] ||
+    { losetup -d "$dev"; fail "$dev does not do direct I/O on the view"; }
   run mkfs.ext4 -q -F "$dev"
   assert_success
   mkdir mnt

@@ -272,7 +272,11 @@ check_view() {
   bad type.vdi set image_type 3
   expect_refused type.vdi 'image type 3'
   bad hsize.vdi set header_size 0
-  expect_refused hsize.vdi 'header size 0'
+  expect_refused hsize.vdi 'header size 0 is less than 384'
+  bad bmap0.vdi set offset_bmap 0
+  expect_refused bmap0.vdi 'block map at 0 lies inside the header'
+  bad bmapodd.vdi set offset_bmap 1000
+  expect_refused bmapodd.vdi 'VDI block map offset 0x3e8 is not a multiple of 512'
   bad overlap.vdi set offset_data 512
   expect_refused overlap.vdi 'overlaps the data'
   bad nalloc.vdi set blocks_allocated 7

@@ -318,14 +318,16 @@ def build(args):
 
 # ---- logs ------------------------------------------------------------------------
 
-def log_entry(seq, log_guid, tail, descs, file_size):
-    """An entry: descs are ("data", off, 4096 bytes) or ("zero", off, len)."""
+def log_entry(seq, log_guid, tail, descs, file_size, last=None):
+    """An entry: descs are ("data", off, 4096 bytes) or ("zero", off, len);
+    FlushedFileOffset file_size, LastFileOffset last (default the same)."""
     count = len(descs)
     dsec = (64 + 32 * count + 4095) // 4096
     datas = [d for d in descs if d[0] == "data"]
     e = bytearray((dsec + len(datas)) * 4096)
     struct.pack_into("<4sIIIQII16sQQ", e, 0, b"loge", 0, len(e), tail, seq,
-                     count, 0, log_guid, file_size, file_size)
+                     count, 0, log_guid, file_size,
+                     file_size if last is None else last)
     k = dsec
     for i, d in enumerate(descs):
         at = 64 + 32 * i
@@ -414,12 +416,22 @@ def add_log(path, args):
     open(path, "wb").write(img)
 
 
-def log_outside(path):
+def log_outside(path, how="past"):
+    """A one-entry log that writes past the end of the file (past), over
+    the file identifier at 0 (identifier), or, writing inside the file,
+    says the file grows to 8 MiB more (extend: LastFileOffset) or was
+    flushed at 8 MiB more (flushed: FlushedFileOffset, a truncation)."""
     img = bytearray(open(path, "rb").read())
     log_guid = uuid.uuid4().bytes_le
     log_off, log_len = set_log_guid(img, log_guid)
-    e = log_entry(5, log_guid, 0, [("data", len(img) // 4096 * 4096 + 4 * MiB,
-                                    bytes(4096))], len(img))
+    at = {"past": len(img) // 4096 * 4096 + 4 * MiB, "identifier": 0}.get(
+        how, len(img) // 4096 * 4096 - 4096)
+    size, last = len(img), len(img)
+    if how == "extend":
+        last += 8 * MiB
+    elif how == "flushed":
+        size = last = len(img) + 8 * MiB
+    e = log_entry(5, log_guid, 0, [("data", at, bytes(4096))], size, last)
     img[log_off:log_off + len(e)] = e
     open(path, "wb").write(img)
 
@@ -498,7 +510,7 @@ def main(argv):
     elif cmd == "log":
         add_log(argv[2], argv[3:])
     elif cmd == "log-outside":
-        log_outside(argv[2])
+        log_outside(argv[2], *argv[3:4])
     elif cmd == "log-bad-descriptor":
         log_bad_descriptor(argv[2])
     elif cmd == "bad-header":

@@ -346,6 +346,18 @@ replayed_by_qemu() {
   cp good.vhdx logout.vhdx
   $POKE log-outside logout.vhdx
   expect_refused logout.vhdx "log would write .* outside the file"
+  # over the file identifier: QEMU's replay leaves a file it cannot open
+  cp good.vhdx logid.vhdx
+  $POKE log-outside logid.vhdx identifier
+  expect_refused logid.vhdx "log would write 4096 bytes at offset 0, over the file identifier"
+  # a replay that grows the file, and a file shorter than the log says it
+  # was when flushed (truncated): told apart
+  cp good.vhdx logext.vhdx
+  $POKE log-outside logext.vhdx extend
+  expect_refused logext.vhdx "log would extend the file to [0-9]+ bytes"
+  cp good.vhdx logflush.vhdx
+  $POKE log-outside logflush.vhdx flushed
+  expect_refused logflush.vhdx "log says the file was flushed at [0-9]+ bytes, it has [0-9]+ \(truncated\?\)"
 
   # QEMU decides: an entry whose header passes with a bad descriptor
   # fails QEMU's open (EINVAL: not "a log that needs to be replayed"),

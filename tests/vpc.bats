@@ -487,7 +487,7 @@ PY
   expect_refused raw.vhd 'src.raw.*not a VHD'
   $POKE diff par.vhd far.vhd --w2ru par.vhd --write 0:512:6
   $POKE far.vhd locator 0 W2ru $((1 << 40)) 14 1
-  expect_refused far.vhd 'parent locator 0 .* outside the file'
+  expect_refused far.vhd 'parent locator 0 .* runs past the end of the file'
   $POKE diff par.vhd none.vhd --write 0:512:7
   expect_refused none.vhd 'names no usable parent'
 }
