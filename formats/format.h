@@ -445,10 +445,10 @@ const char *fde_pseudo_fs_of(int fd);
 
 /* ---- formats/io.c: the I/O seam -----------------------------------------
  *
- * Every pread, pwrite, pwritev, fdatasync, fallocate and ftruncate a
- * backend makes on an image file (or a backing file) goes through the
- * functions below and through nothing else, so that the fault-injection
- * test can make any one of them fail (see "testing" below).  Offsets and
+ * Every pread, pwrite, pwritev, copy_file_range, fdatasync, fallocate and
+ * ftruncate a backend makes on an image file (or a backing file) goes
+ * through the functions below and through nothing else, so that the
+ * fault-injection test can make any one of them fail (see "testing" below).  Offsets and
  * lengths are bytes of the file; fd and buf stay the caller's (nothing is
  * kept after the call).  Each returns -errno on failure (-EINVAL for an
  * offset or length past INT64_MAX) and does not retry EINTR itself (the
@@ -462,6 +462,13 @@ ssize_t fde_io_pwrite(int fd, const void *buf, size_t len, uint64_t off);
  * bytes written, or -errno. */
 ssize_t fde_io_pwritev(int fd, const struct iovec *iov, int iovcnt,
                        uint64_t off);
+
+/* One copy_file_range(2) of len bytes from fd_in at off_in to fd_out at
+ * off_out, done by the kernel without a trip through a buffer of ours
+ * (on one file system; between two, most kernels refuse it): bytes
+ * copied (0 at fd_in's end of file), or -errno.  Counts as one call. */
+ssize_t fde_io_copy_range(int fd_in, uint64_t off_in, int fd_out,
+                          uint64_t off_out, size_t len);
 
 /* fdatasync(2): 0 or -errno.  After a real -EIO, Linux may already have
  * dropped the dirty pages that failed to reach the disk and cleared the
@@ -498,6 +505,15 @@ bool fde_file_data_run(int fd, uint64_t off, uint64_t len, uint64_t *run);
 /* pwrite() that retries short writes and EINTR; 0 or -errno. */
 int fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
+/* copy_file_range() of all len bytes, retrying short copies and EINTR:
+ * 0, or FDE_COPY_RANGE_UNSUPPORTED (> 0) when the kernel will not copy
+ * between these files at all and nothing was copied (EXDEV, EOPNOTSUPP,
+ * ENOSYS, EPERM, EINVAL from the first call: the caller reads and writes
+ * instead), or -errno (-EIO when fd_in ends before off_in + len). */
+#define FDE_COPY_RANGE_UNSUPPORTED 1
+int fde_copy_range_full(int fd_in, uint64_t off_in, int fd_out,
+                        uint64_t off_out, uint64_t len);
+
 /* pwritev() of at most FDE_IOV_MAX buffers that retries short writes and
  * EINTR: the buffers' bytes, one after the other, land at off.  0 or
  * -errno (-EINVAL for more buffers).  iov is not changed. */
@@ -514,8 +530,8 @@ int fde_pwritev_full(int fd, const struct iovec *iov, int iovcnt,
  * effect did not land. */
 
 /* Start counting seam calls from 0, and fail call number nth (1-based,
- * counted across pread, pwrite, pwritev, fdatasync, fallocate and
- * ftruncate alike; a retried EINTR or a short transfer's next call counts
+ * counted across pread, pwrite, pwritev, copy_range, fdatasync, fallocate
+ * and ftruncate alike; a retried EINTR or a short transfer's next call counts
  * again) with -err (EIO if err <= 0).  nth == 0: count only, fail nothing. */
 void fde_io_fault_arm(uint64_t nth, int err);
 

@@ -3,15 +3,17 @@
 /* fuse-disk-export: the one place where the backends do I/O on image
  * files, and the whole-range helpers built on it.
  *
- * Every pread, pwrite, fdatasync, fallocate and ftruncate a backend makes
- * on an image file goes through the fde_io_* / fde_* calls below, so that
- * a test can count them and make any one of them fail (the "testing"
- * section of format.h).  When no test has armed the seam, the price is
- * one relaxed atomic load per call. */
+ * Every pread, pwrite, copy_file_range, fdatasync, fallocate and ftruncate
+ * a backend makes on an image file goes through the fde_io_* / fde_* calls
+ * below, so that a test can count them and make any one of them fail (the
+ * "testing" section of format.h).  When no test has armed the seam, the
+ * price is one relaxed atomic load per call. */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -116,6 +118,22 @@ fde_io_pwritev(int fd, const struct iovec *iov, int iovcnt, uint64_t off)
   return r < 0 ? -errno : r;
 }
 
+ssize_t
+fde_io_copy_range(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
+                  size_t len)
+{
+  int err = fault();
+  loff_t in = (loff_t) off_in, out = (loff_t) off_out;
+  ssize_t r;
+
+  if (err)
+    return -err;
+  if (off_in > (uint64_t) INT64_MAX || off_out > (uint64_t) INT64_MAX)
+    return -EINVAL;
+  r = copy_file_range(fd_in, &in, fd_out, &out, len, 0);
+  return r < 0 ? -errno : r;
+}
+
 int
 fde_io_fdatasync(int fd)
 {
@@ -151,6 +169,18 @@ fde_io_ftruncate(int fd, uint64_t size)
 }
 
 /* The whole-range helpers, on top of the seam. */
+
+/* Errors of copy_file_range(2) that say "not between these two files"
+ * rather than "the I/O failed": another file system (EXDEV), a file
+ * system or kernel without it (EOPNOTSUPP, ENOSYS; seccomp filters answer
+ * EPERM), files it refuses (EINVAL: not regular files, for example). */
+static bool
+copy_range_unsupported(int err)
+{
+  return err == EXDEV || err == EOPNOTSUPP || err == ENOSYS || err == EPERM
+    || err == EINVAL;
+}
+
 int
 fde_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
@@ -221,6 +251,33 @@ fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
     p += r;
     off += (uint64_t) r;
     len -= (size_t) r;
+  }
+  return 0;
+}
+
+int
+fde_copy_range_full(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
+                    uint64_t len)
+{
+  bool copied = false;
+
+  if (off_in > (uint64_t) INT64_MAX - len
+      || off_out > (uint64_t) INT64_MAX - len)
+    return -EINVAL;
+  while (len > 0) {
+    size_t chunk = len > SSIZE_MAX ? SSIZE_MAX : (size_t) len;
+    ssize_t r = fde_io_copy_range(fd_in, off_in, fd_out, off_out, chunk);
+    if (r == -EINTR)
+      continue;
+    if (r < 0)
+      return copied || !copy_range_unsupported((int) -r) ? (int) r
+        : FDE_COPY_RANGE_UNSUPPORTED;
+    if (r == 0)
+      return -EIO;              /* the source ends early: it shrank */
+    copied = true;
+    off_in += (uint64_t) r;
+    off_out += (uint64_t) r;
+    len -= (uint64_t) r;
   }
   return 0;
 }

@@ -11,9 +11,12 @@
  * the view.
  *
  * Wrapped: pread/pread64/preadv, pwrite/pwrite64/pwritev/pwritev2,
- * fdatasync/fsync, fallocate/fallocate64, ftruncate/ftruncate64 (on
- * x86-64 the ...64 names are aliases).  The program imports pread, pwrite,
- * fdatasync, fallocate and ftruncate today; tests/faults.bats fails if it
+ * copy_file_range, fdatasync/fsync, fallocate/fallocate64,
+ * ftruncate/ftruncate64 (on x86-64 the ...64 names are aliases).  A
+ * copy_file_range into the file is one of its pwrites, one out of it
+ * (into another file) one of its preads.  The program imports pread,
+ * pwrite, pwritev, copy_file_range, fdatasync, fallocate and ftruncate
+ * today; tests/faults.bats fails if it
  * ever imports an I/O call this file does not wrap (nm -D).  Calls on
  * other descriptors pass through untouched.
  *
@@ -95,6 +98,8 @@ static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
 static ssize_t (*real_pwrite64)(int, const void *, size_t, off64_t);
 static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
 static ssize_t (*real_pwritev2)(int, const struct iovec *, int, off_t, int);
+static ssize_t (*real_copy_file_range)(int, off64_t *, int, off64_t *,
+                                      size_t, unsigned);
 static int (*real_fdatasync)(int);
 static int (*real_fsync)(int);
 static int (*real_fallocate)(int, int, off_t, off_t);
@@ -301,6 +306,7 @@ resolve(void)
   real_pwrite64 = next("pwrite64");
   real_pwritev = next("pwritev");
   real_pwritev2 = next("pwritev2");
+  real_copy_file_range = next("copy_file_range");
   real_fdatasync = next("fdatasync");
   real_fsync = next("fsync");
   real_fallocate = next("fallocate");
@@ -377,6 +383,18 @@ pwritev2(int fd, const struct iovec *iov, int cnt, off_t off, int flags)
 {
   WRAP(fd, OP_PWRITE, "pwritev2", iov_bytes(iov, cnt), off,
        real_pwritev2(fd, iov, cnt, off, flags));
+}
+
+ssize_t
+copy_file_range(int in, off64_t *in_off, int out, off64_t *out_off,
+                size_t n, unsigned flags)
+{
+  pthread_once(&resolve_once, resolve);
+  if (!is_target(out) && is_target(in))
+    WRAP(in, OP_PREAD, "copy_file_range", n, in_off ? *in_off : -1,
+         real_copy_file_range(in, in_off, out, out_off, n, flags));
+  WRAP(out, OP_PWRITE, "copy_file_range", n, out_off ? *out_off : -1,
+       real_copy_file_range(in, in_off, out, out_off, n, flags));
 }
 
 int

@@ -93,16 +93,23 @@ run_case() {
   record_state state.before
   qemu-img convert -O raw img.qcow2 model
   for session in 1 2; do
-    s=$((seed + session - 1))
-    n=$((session == 1 ? ops : ops / 2))
-    start_export img.qcow2 || fail "$name: export (session $session) failed"
-    run "$PYTHON" "$WORKLOAD" "$WORK/img.qcow2" "$WORK/model" "$n" "$s"
-    [ "$status" = 0 ] ||
-      fail "$name session $session: write-workload.py VIEW MODEL $n $s failed: $output"
-    stop_export || fail "$name session $session: the export did not stop"
-    wait_unmounted "$WORK/img.qcow2"
-    check_image "$name (session $session, seed $s, $n ops)"
+    run_session "$name" "$session" $((seed + session - 1)) \
+      $((session == 1 ? ops : ops / 2))
   done
+}
+
+# run_session NAME SESSION SEED OPS [START]: export img.qcow2 (by the
+# function START, default start_export), run OPS operations of the
+# workload from SEED on the view and the model, stop, check the image.
+run_session() {
+  local name=$1 session=$2 s=$3 n=$4 start=${5:-start_export}
+  "$start" img.qcow2 || fail "$name: export (session $session) failed"
+  run "$PYTHON" "$WORKLOAD" "$WORK/img.qcow2" "$WORK/model" "$n" "$s"
+  [ "$status" = 0 ] ||
+    fail "$name session $session: write-workload.py VIEW MODEL $n $s failed: $output"
+  stop_export || fail "$name session $session: the export did not stop"
+  wait_unmounted "$WORK/img.qcow2"
+  check_image "$name (session $session, seed $s, $n ops)"
 }
 
 # --- 2. the matrix ----------------------------------------------------------
@@ -282,6 +289,53 @@ sys.exit(0 if d[:1 << 20] == b"\x5c" * (1 << 20) and d[1 << 20:] == bytes(1 << 2
   assert_output --partial "through.the.view"
   run qemu-img check img.qcow2
   assert_success
+}
+
+# --- 6b. copy-on-write by copy_file_range, and without it -------------------
+
+# The calls the daemon made on img.qcow2 (the fault shim's log, nothing
+# armed): copy_file_range lines with their result, "-18" for EXDEV.
+copies_in_log() { awk '$4 == "copy_file_range" { print $7 }' "$1"; }
+
+# start_export with the fault shim logging the daemon's calls on the image
+# to $CALLS_LOG (nothing armed)
+start_export_logged() {
+  FDE_FAULT_FILE=$(readlink -f "$1") FDE_FAULT_LOG=$CALLS_LOG \
+    LD_PRELOAD=${FDE_BUILDDIR:-$FDE_SRCDIR}/tests/fault-shim.so \
+    ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+    start_export "$@"
+}
+
+@test "workload: copy-on-write copies from the backing file with copy_file_range on one file system, and reads and writes when the backing file is on another (EXDEV)" {
+  requires_root
+  local shim=${FDE_BUILDDIR:-$FDE_SRCDIR}/tests/fault-shim.so session
+  [ -f "$shim" ] || skip "no $shim (built by make check)"
+  make_case chain || fail "cannot build the chain image"
+  mkdir tmpfs
+  mount -t tmpfs -o size=64M fdetmpfs "$WORK/tmpfs" || skip "cannot mount a tmpfs"
+  record_state state.before
+  qemu-img convert -O raw img.qcow2 model
+  for session in 1 2; do
+    if [ "$session" = 2 ]; then
+      # the same base, now on the tmpfs: the kernel will not copy across
+      mv base.qcow2 tmpfs/base.qcow2
+      ln -s tmpfs/base.qcow2 base.qcow2          # for record_state
+      qemu-img rebase -u -b tmpfs/base.qcow2 -F qcow2 img.qcow2
+    fi
+    CALLS_LOG=$WORK/calls-$session.log
+    : >"$CALLS_LOG"
+    run_session "backing on file system $session" "$session" \
+      $((150 + SEED_OFFSET + session)) $((session == 1 ? 300 : 150)) \
+      start_export_logged
+  done
+  # session 1: the kernel copied (positive results), never refused
+  copies_in_log calls-1.log | grep -qE '^[1-9]' ||
+    fail "session 1 made no copy_file_range: $(head -c 600 calls-1.log)"
+  ! copies_in_log calls-1.log | grep -q '^-' ||
+    fail "a copy_file_range failed in session 1: $(grep copy_file_range calls-1.log | grep ' -' | head -3)"
+  # session 2: refused once (EXDEV), then never tried again; still correct
+  [ "$(copies_in_log calls-2.log | tr '\n' ' ')" = "-18 " ] ||
+    fail "session 2's copy_file_range results: $(copies_in_log calls-2.log | sort | uniq -c)"
 }
 
 # --- 7. the host file system fills up ---------------------------------------

@@ -9,7 +9,10 @@
  * allocated subclusters) takes q->alloc_lock and copies on write: new
  * clusters are allocated (refcounts on disk first; the run a request
  * needs under one L2 table at once, contiguous), filled with what the
- * guest saw there plus the new bytes, and only then referenced.
+ * guest saw there plus the new bytes, and only then referenced.  What the
+ * guest saw is copied by the kernel (copy_file_range) from the file that
+ * holds it, where one does; it passes through a buffer only when it must
+ * be computed (zeros, compressed clusters) or the kernel refuses.
  *
  * Ordering, as QEMU's cache dependencies give it (reference section 4.5):
  * refcount increments are written at once; data is written at once; L2
@@ -330,28 +333,84 @@ read_guest(struct qcow2_disk *q, char *buf, uint64_t start, uint64_t len)
   return n ? qcow2_pread(&q->disk, buf, n, start) : 0;
 }
 
+/* Fill [dst, dst+len) of this layer's file with what the guest sees at
+ * [start, start+len) now, without taking the bytes through a buffer of
+ * ours where a file holds them verbatim (qcow2_map_file: a cluster of this
+ * layer shared with a snapshot, or a backing layer's data): the kernel
+ * copies them (copy_file_range).  The rest (zeros, compressed clusters,
+ * bytes past the disk's end, or every byte once the kernel refused to
+ * copy between these files) is read and written.  Nothing frees or
+ * reuses a cluster while alloc_lock is held; the bracket is the map
+ * interface's rule all the same.  0 or -errno. */
+static int
+copy_guest(struct qcow2_disk *q, uint64_t dst, uint64_t start, uint64_t len)
+{
+  unsigned guard = qcow2_io_enter(q);
+  int r = 0;
+
+  while (len > 0 && r >= 0) {
+    uint64_t host, run = len;
+    int fd = -1;
+    r = 0;
+    if (start < q->disk.size && !atomic_load(&q->no_copy_range))
+      r = qcow2_map_file(&q->disk, start, start + len > q->disk.size
+                         ? q->disk.size - start : len, &fd, &host, &run);
+    if (r == 1) {
+      r = fde_copy_range_full(fd, host, q->fd, dst, run);
+      if (r == FDE_COPY_RANGE_UNSUPPORTED) {
+        atomic_store(&q->no_copy_range, true);
+        r = 0;
+        continue;               /* the same piece again, by reading */
+      }
+    } else if (r == 0) {
+      char *tmp = malloc(run);
+      r = tmp == NULL ? -ENOMEM : read_guest(q, tmp, start, run);
+      if (r == 0)
+        r = fde_pwrite_full(q->fd, tmp, run, dst);
+      free(tmp);
+    }
+    dst += run;
+    start += run;
+    len -= run;
+  }
+  qcow2_io_leave(q, guard);
+  return r < 0 ? r : 0;
+}
+
 /* Write [start, start+span) of the guest disk to host, with buf (n bytes
- * at off, NULL for zeros) over the current contents.  Skips the read when
- * the new bytes cover everything. */
+ * at off, NULL for zeros) over the current contents: the bytes around buf
+ * copied by copy_guest, or, once the kernel refused to copy, the span
+ * read whole into a buffer (skipped when the new bytes cover it all) and
+ * written in one pwrite. */
 static int
 write_merged(struct qcow2_disk *q, uint64_t host, uint64_t start,
              uint64_t span, const void *buf, uint64_t n, uint64_t off)
 {
-  char *tmp = malloc(span);
+  uint64_t head = off - start;
   int r = 0;
 
-  if (tmp == NULL)
-    return -ENOMEM;
-  if (off != start || n != span)
-    r = read_guest(q, tmp, start, span);
-  if (r == 0) {
-    if (buf != NULL)
-      memcpy(tmp + (off - start), buf, n);
-    else
-      memset(tmp + (off - start), 0, n);
-    r = fde_pwrite_full(q->fd, tmp, span, host);
+  if (!atomic_load(&q->no_copy_range)) {
+    r = copy_guest(q, host, start, head);
+    if (r == 0)
+      r = fde_pwrite_full(q->fd, buf != NULL ? buf : q->zeros, n,
+                          host + head);
+    if (r == 0)
+      r = copy_guest(q, host + head + n, off + n, span - head - n);
+  } else {
+    char *tmp = malloc(span);
+    if (tmp == NULL)
+      return -ENOMEM;
+    if (off != start || n != span)
+      r = read_guest(q, tmp, start, span);
+    if (r == 0) {
+      if (buf != NULL)
+        memcpy(tmp + head, buf, n);
+      else
+        memset(tmp + head, 0, n);
+      r = fde_pwrite_full(q->fd, tmp, span, host);
+    }
+    free(tmp);
   }
-  free(tmp);
   /* Before the L2 entry shows the cluster: splicing readers (qcow2_map_file)
    * may use it only once the file really holds its bytes. */
   if (r == 0 && host + span > q->data_end)
@@ -601,12 +660,14 @@ reserve_run(struct qcow2_disk *q, uint64_t off, uint64_t len,
   return 0;
 }
 
-/* Write the run's clusters whole: the guest's bytes before and after buf
- * read from where they show now (the entries still name the old clusters,
- * or the backing file), buf itself straight from the request, all in one
- * pwritev.  A write inside one cluster with bytes on both sides reads
- * the cluster once instead (write_merged): one read of a cluster costs
- * less than two of its parts.  0 or -errno. */
+/* Write the run's clusters whole: buf itself straight from the request,
+ * the guest's bytes before and after it as they show now (the entries
+ * still name the old clusters, or the backing file) copied by the kernel
+ * (write_merged).  Where the kernel will not copy, head and tail are read
+ * and all of it goes out in one pwritev, except for a write inside one
+ * cluster with bytes on both sides, which reads the cluster once
+ * (write_merged): one read of a cluster costs less than two of its
+ * parts.  0 or -errno. */
 static int
 write_run_data(struct qcow2_disk *q, const struct run *run, const void *buf)
 {
@@ -615,8 +676,9 @@ write_run_data(struct qcow2_disk *q, const struct run *run, const void *buf)
   char *head, *tail;
   int r;
 
-  if (run->n == 1 && run->off > cstart && run->off + run->bytes < cend)
-    return write_merged(q, run->host, cstart, q->cluster_size, buf,
+  if (!atomic_load(&q->no_copy_range)
+      || (run->n == 1 && run->off > cstart && run->off + run->bytes < cend))
+    return write_merged(q, run->host, cstart, cend - cstart, buf,
                         run->bytes, run->off);
   r = read_around(q, cstart, cend, run->off, run->bytes, &head, &tail);
   struct iovec v[3] = {

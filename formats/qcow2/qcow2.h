@@ -276,6 +276,7 @@ struct qcow2_disk {
   uint32_t l1_dirty_lo, l1_dirty_hi;    /* L1 entries not yet written */
   struct qcow2_free *frees;     /* references to drop after the next sync */
   void *zeros;                  /* one cluster of zeros (writable images) */
+  atomic_bool no_copy_range;    /* copy_file_range refused: copy by reading */
   size_t nr_frees, cap_frees;
 };
 

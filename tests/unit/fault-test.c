@@ -9,9 +9,12 @@
  * counting (K calls; this run must leave `qemu-img check` fully clean, no
  * leaks), then for N in 1..K (at most FDE_FAULT_CAP values, spread evenly
  * over 1..K) rerun it on a fresh copy with call N failing with EIO, and
- * again with ENOSPC.  Each run carries on as a user would: a failed write
- * or zero is left failed, a failed flush is retried, more data is written
- * and flushed, and the disk is closed (the "close" workload instead flushes
+ * again with ENOSPC, and for the copying workloads (.copies) with EXDEV:
+ * at a copy_file_range that is the kernel refusing to copy between the
+ * files, which the backend must take by reading and writing instead (at
+ * any other call, one more I/O error).  Each run carries on as a user
+ * would: a failed write or zero is left failed, a failed flush is retried,
+ * more data is written and flushed, and the disk is closed (the "close" workload instead flushes
  * once, as export_close does, and closes whatever the result).  Then, with
  * qemu-img as the oracle:
  *  - `qemu-img check` reports no corruption (exit 0, or 3: leaks only);
@@ -90,6 +93,7 @@ struct workload {
   uint64_t cache_bytes;         /* L2 cache budget (0: default) */
   uint64_t autoclear;           /* autoclear bits set in base.qcow2 */
   bool close_flushes_once;      /* end like export_close: one flush, close */
+  bool copies;                  /* copies on write: runs with EXDEV too */
   enum grows grows;
   uint64_t extra_off;           /* the "write more" phase writes here */
   struct op ops[MAX_OPS];
@@ -106,7 +110,7 @@ static const struct workload workloads[] = {
     .extra_off = 12 * MiB,
     .ops = { W(0, 4096), W(70000, 5000), W(1 * MiB, 200 * KiB), F,
              W(4 * MiB - 100, 300), W(8 * MiB, 64 * KiB), F } },
-  { .name = "cow-snapshot",
+  { .name = "cow-snapshot", .copies = true,
     .setup = "qemu-img create -q -f qcow2 base.qcow2 8M"
     " && qemu-io -c 'write -P 0x11 0 4M' base.qcow2 >/dev/null"
     " && qemu-img snapshot -c s1 base.qcow2"
@@ -115,7 +119,7 @@ static const struct workload workloads[] = {
     .extra_off = 6 * MiB,
     .ops = { W(0, 4096), W(128 * KiB, 64 * KiB), W(1 * MiB + 512, 1000), F,
              D(2 * MiB, 128 * KiB), W(3 * MiB, 100), F } },
-  { .name = "cow-backing",
+  { .name = "cow-backing", .copies = true,
     .setup = "qemu-img create -q -f raw backing.raw 8M"
     " && qemu-io -f raw -c 'write -P 0x33 0 8M' backing.raw >/dev/null"
     " && qemu-img create -q -f qcow2 -b backing.raw -F raw base.qcow2 8M",
@@ -126,7 +130,7 @@ static const struct workload workloads[] = {
     .ops = { W(100, 200), W(64 * KiB + 1000, 70000), F,
              W(100 * KiB, 200 * KiB), W(5 * MiB, 4096),
              Z(6 * MiB + 512, 1024), F } },
-  { .name = "cow-backing-extl2",
+  { .name = "cow-backing-extl2", .copies = true,
     .setup = "qemu-img create -q -f qcow2 backing.qcow2 8M"
     " && qemu-io -c 'write -P 0x34 0 8M' backing.qcow2 >/dev/null"
     " && qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k"
@@ -766,6 +770,12 @@ struct job {
   int pipe;                     /* the child's counts[2] */
 };
 
+static const char *
+err_name(int err)
+{
+  return err == ENOSPC ? "ENOSPC" : err == EXDEV ? "EXDEV" : "EIO";
+}
+
 static void
 set_context(const struct job *j)
 {
@@ -773,7 +783,7 @@ set_context(const struct job *j)
     snprintf(context, sizeof context, "%s, no fault", j->w->name);
   else
     snprintf(context, sizeof context, "%s, %s at call %" PRIu64, j->w->name,
-             j->err == ENOSPC ? "ENOSPC" : "EIO", j->nth);
+             err_name(j->err), j->nth);
 }
 
 /* Start a run; false if it could not start. */
@@ -875,9 +885,10 @@ static bool
 test_workload(const struct workload *w, uint64_t cap, unsigned jobs,
               uint64_t *total)
 {
-  static const int errs[] = { EIO, ENOSPC };
+  static const int errs[] = { EIO, ENOSPC, EXDEV };
+  uint64_t n_errs = w->copies ? 3 : 2;
   struct job job[8] = { { .w = w } };
-  uint64_t counts[2], k, runs, faults[2] = { 0, 0 };
+  uint64_t counts[2], k, runs, faults[3] = { 0, 0, 0 };
   unsigned failed = 0;
   bool ok = setup(w) && start_run(&job[0]) && finish_run(&job[0], counts);
 
@@ -887,25 +898,25 @@ test_workload(const struct workload *w, uint64_t cap, unsigned jobs,
     ok = false;
   }
   runs = k < cap ? k : cap;
-  for (uint64_t n = 0; ok && n < 2 * runs + jobs; n++) {
+  for (uint64_t n = 0; ok && n < n_errs * runs + jobs; n++) {
     struct job *j = &job[n % jobs];
     if (n >= jobs && j->pid > 0) {      /* the run started jobs ago */
       failed += !finish_run(j, counts);
-      faults[j->err == ENOSPC] += counts[1];
+      faults[j->err == EIO ? 0 : j->err == ENOSPC ? 1 : 2] += counts[1];
       j->pid = 0;
     }
-    if (n < 2 * runs && failed < MAX_FAILED) {
+    if (n < n_errs * runs && failed < MAX_FAILED) {
       *j = (struct job) { w, nth_call(n % runs, runs, k), errs[n / runs],
                           (unsigned) (n % jobs), 0, -1 };
       failed += !start_run(j);
     }
   }
   ok &= failed == 0;
-  printf("%-22s %5" PRIu64 " calls, %3" PRIu64 " EIO and %3" PRIu64
-         " ENOSPC injected faults: %s\n", w->name, k, faults[0], faults[1],
-         ok ? "ok" : "FAILED");
+  printf("%-22s %5" PRIu64 " calls, %3" PRIu64 " EIO, %3" PRIu64
+         " ENOSPC and %3" PRIu64 " EXDEV injected faults: %s\n", w->name, k,
+         faults[0], faults[1], faults[2], ok ? "ok" : "FAILED");
   fflush(stdout);
-  *total += faults[0] + faults[1];
+  *total += faults[0] + faults[1] + faults[2];
   return ok;
 }
 
