@@ -448,12 +448,12 @@ const char *fde_pseudo_fs_of(int fd);
  * Every pread, pwrite, pwritev, copy_file_range, fdatasync, fallocate and
  * ftruncate a backend makes on an image file (or a backing file) goes
  * through the functions below and through nothing else, so that the
- * fault-injection test can make any one of them fail (see "testing" below).  Offsets and
- * lengths are bytes of the file; fd and buf stay the caller's (nothing is
- * kept after the call).  Each returns -errno on failure (-EINVAL for an
- * offset or length past INT64_MAX) and does not retry EINTR itself (the
- * *_full helpers do).  Thread safe: they are the system calls plus an
- * atomic counter. */
+ * fault-injection test can make any one of them fail (see "testing"
+ * below).  Offsets and lengths are bytes of the file; fd and buf stay the
+ * caller's (nothing is kept after the call).  Each returns -errno on
+ * failure (-EINVAL for an offset or length past INT64_MAX) and does not
+ * retry EINTR itself (the *_full helpers do).  Thread safe: they are the
+ * system calls plus an atomic counter. */
 
 /* One pread(2)/pwrite(2): bytes transferred (0 at end of file), or -errno. */
 ssize_t fde_io_pread(int fd, void *buf, size_t len, uint64_t off);
@@ -531,8 +531,9 @@ int fde_pwritev_full(int fd, const struct iovec *iov, int iovcnt,
 
 /* Start counting seam calls from 0, and fail call number nth (1-based,
  * counted across pread, pwrite, pwritev, copy_range, fdatasync, fallocate
- * and ftruncate alike; a retried EINTR or a short transfer's next call counts
- * again) with -err (EIO if err <= 0).  nth == 0: count only, fail nothing. */
+ * and ftruncate alike; a retried EINTR or a short transfer's next call
+ * counts again) with -err (EIO if err <= 0).  nth == 0: count only, fail
+ * nothing. */
 void fde_io_fault_arm(uint64_t nth, int err);
 
 /* Stop counting and injecting; the counts stay readable. */

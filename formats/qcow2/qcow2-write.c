@@ -345,9 +345,12 @@ read_guest(struct qcow2_disk *q, char *buf, uint64_t start, uint64_t len)
 static int
 copy_guest(struct qcow2_disk *q, uint64_t dst, uint64_t start, uint64_t len)
 {
-  unsigned guard = qcow2_io_enter(q);
+  unsigned guard;
   int r = 0;
 
+  if (len == 0)
+    return 0;                   /* nothing around the request (aligned) */
+  guard = qcow2_io_enter(q);
   while (len > 0 && r >= 0) {
     uint64_t host, run = len;
     int fd = -1;
