@@ -16,9 +16,9 @@
  * copy_file_range into the file is one of its pwrites, one out of it
  * (into another file) one of its preads.  The program imports pread,
  * pwrite, pwritev, copy_file_range, fdatasync, fallocate and ftruncate
- * today; tests/faults.bats fails if it
- * ever imports an I/O call this file does not wrap (nm -D).  Calls on
- * other descriptors pass through untouched.
+ * today; tests/faults.bats fails if it ever imports an I/O call this file
+ * does not wrap (nm -D).  Calls on other descriptors pass through
+ * untouched.
  *
  * What fails is read from the control file FDE_FAULT_CTL on every call
  * on the file (a test rewrites it, by rename, to arm and disarm faults

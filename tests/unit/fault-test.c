@@ -14,8 +14,9 @@
  * files, which the backend must take by reading and writing instead (at
  * any other call, one more I/O error).  Each run carries on as a user
  * would: a failed write or zero is left failed, a failed flush is retried,
- * more data is written and flushed, and the disk is closed (the "close" workload instead flushes
- * once, as export_close does, and closes whatever the result).  Then, with
+ * more data is written and flushed, and the disk is closed (the "close"
+ * workload instead flushes once, as export_close does, and closes whatever
+ * the result).  Then, with
  * qemu-img as the oracle:
  *  - `qemu-img check` reports no corruption (exit 0, or 3: leaks only);
  *  - every internal snapshot reads exactly as it did before;
