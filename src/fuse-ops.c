@@ -30,6 +30,13 @@
 #define MAX_SPLICE_BUFS 16      /* pieces in one spliced read reply */
 #define SPLICE_MIN_PAGE 4096    /* libfuse copies replies under two pages */
 #define MIN_SPLICE_READ (128u << 10)  /* below: copy 1 MiB requests instead */
+/* Asynchronous requests (O_DIRECT aio, read-ahead) the kernel keeps in
+ * flight at once; its default, 12, is fewer than one fio job at depth 16,
+ * and a submitter that finds no free slot sleeps in fuse_get_req holding
+ * the view's inode lock, so every other submitter waits behind it.  64
+ * covers two queues of 16 with room; an unprivileged mount is capped by
+ * fuse's max_user_bgreq (thousands by default). */
+#define MAX_BACKGROUND 64u
 
 static struct export *
 export_of(fuse_req_t req)
@@ -151,6 +158,8 @@ fde_init(void *userdata, struct fuse_conn_info *conn)
   conn->max_write = MAX_REQUEST;
   conn->max_read = (unsigned) exp->max_read;  /* as the mount option says */
   conn->max_readahead = 1u << 20;
+  conn->max_background = MAX_BACKGROUND;
+  conn->congestion_threshold = MAX_BACKGROUND * 3 / 4;
   if (exp->splice_max > 0 && (conn->capable & FUSE_CAP_SPLICE_WRITE))
     conn->want |= FUSE_CAP_SPLICE_WRITE;
   else

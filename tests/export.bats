@@ -218,6 +218,23 @@ except OSError as e:
   assert_output "3145728 644 1234 5678"
 }
 
+# Issue 13: one fio job at depth 16 must not wait for a slot in the kernel
+# (its default is 12 asynchronous requests per connection).
+@test "the view's connection keeps 64 asynchronous requests in flight (fusectl)" {
+  requires_root
+  needs_fusectl
+  truncate -s 1M img
+  start_export img
+  local dev conn
+  dev=$(mountpoint -d img) || fail "the view is not a mount point"
+  conn=/sys/fs/fuse/connections/$(( (${dev%%:*} << 20) | ${dev#*:} ))
+  [ -d "$conn" ] || fail "no fusectl directory $conn for the view ($dev)"
+  run cat "$conn/max_background" "$conn/congestion_threshold"
+  assert_output "64
+48"
+  stop_export
+}
+
 @test "sector-0 guard: a probed raw export refuses to write an image header" {
   truncate -s 1M img
   start_export img
