@@ -507,9 +507,10 @@ int fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
 /* copy_file_range() of all len bytes, retrying short copies and EINTR:
  * 0, or FDE_COPY_RANGE_UNSUPPORTED (> 0) when the kernel will not copy
- * between these files at all and nothing was copied (EXDEV, EOPNOTSUPP,
- * ENOSYS, EPERM, EINVAL from the first call: the caller reads and writes
- * instead), or -errno (-EIO when fd_in ends before off_in + len). */
+ * between these files (EXDEV, EOPNOTSUPP, ENOSYS, EPERM, EINVAL, from
+ * the first call or after a short copy: the caller reads and writes the
+ * whole range instead, the part already copied again), or -errno (-EIO
+ * when fd_in ends before off_in + len). */
 #define FDE_COPY_RANGE_UNSUPPORTED 1
 int fde_copy_range_full(int fd_in, uint64_t off_in, int fd_out,
                         uint64_t off_out, uint64_t len);
@@ -533,8 +534,17 @@ int fde_pwritev_full(int fd, const struct iovec *iov, int iovcnt,
  * counted across pread, pwrite, pwritev, copy_range, fdatasync, fallocate
  * and ftruncate alike; a retried EINTR or a short transfer's next call
  * counts again) with -err (EIO if err <= 0).  nth == 0: count only, fail
- * nothing. */
+ * nothing.  err == FDE_FAULT_SHORT: call nth does not fail but, if it is
+ * a pread, pwrite, pwritev (of at most FDE_IOV_MAX buffers) or copy_range
+ * of 2 bytes or more, moves only the first half of them, as a short
+ * transfer; any other call goes through (and counts no fault). */
+#define FDE_FAULT_SHORT (-1)
 void fde_io_fault_arm(uint64_t nth, int err);
+
+/* After fde_io_fault_arm(nth, ...) with nth > 0: fail call nth + 1 as
+ * well, with -err (err <= 0: not).  For a fault that follows a short
+ * transfer, which a whole-range helper meets in its next call. */
+void fde_io_fault_arm_next(int err);
 
 /* Stop counting and injecting; the counts stay readable. */
 void fde_io_fault_disarm(void);
@@ -542,7 +552,7 @@ void fde_io_fault_disarm(void);
 /* Seam calls counted since the last arm. */
 uint64_t fde_io_fault_calls(void);
 
-/* Faults injected since the last arm (0 or 1). */
+/* Faults injected (failed or shortened calls) since the last arm. */
 uint64_t fde_io_fault_injected(void);
 
 /* formats/lock.c: take QEMU's image locks (shared OFD locks on bytes

@@ -5,8 +5,8 @@
  *
  * Every pread, pwrite, copy_file_range, fdatasync, fallocate and ftruncate
  * a backend makes on an image file goes through the fde_io_* / fde_* calls
- * below, so that a test can count them and make any one of them fail (the
- * "testing" section of format.h).  When no test has armed the seam, the
+ * below, so that a test can count them and make any one of them fail or
+ * transfer short (the "testing" section of format.h).  When no test has armed the seam, the
  * price is one relaxed atomic load per call. */
 #include <config.h>
 
@@ -27,6 +27,7 @@ static atomic_bool armed;
 static atomic_uint_fast64_t calls;      /* calls counted since arming */
 static atomic_uint_fast64_t fail_at;    /* 1-based call to fail, 0: none */
 static atomic_int fail_errno;
+static atomic_int next_errno;           /* call fail_at + 1's, 0: none */
 static atomic_uint_fast64_t injected;   /* faults injected since arming */
 
 /* The test control: see format.h, "testing only". */
@@ -35,9 +36,16 @@ fde_io_fault_arm(uint64_t nth, int err)
 {
   atomic_store(&calls, 0);
   atomic_store(&injected, 0);
-  atomic_store(&fail_errno, err > 0 ? err : EIO);
+  atomic_store(&fail_errno, err > 0 || err == FDE_FAULT_SHORT ? err : EIO);
+  atomic_store(&next_errno, 0);
   atomic_store(&fail_at, nth);
   atomic_store(&armed, true);
+}
+
+void
+fde_io_fault_arm_next(int err)
+{
+  atomic_store(&next_errno, err > 0 ? err : 0);
 }
 
 void
@@ -59,20 +67,42 @@ fde_io_fault_injected(void)
   return atomic_load(&injected);
 }
 
-/* Count one call; the errno to fail it with, or 0 to let it through. */
+/* Count one call: 0 to let it through, the errno to fail it with, or
+ * FDE_FAULT_SHORT for a transfer to move only part of its bytes (calls
+ * that transfer nothing let it through). */
 static int
 fault(void)
 {
   uint64_t n;
+  int err;
 
   if (__builtin_expect(!atomic_load_explicit(&armed, memory_order_relaxed),
                        1))
     return 0;
   n = atomic_fetch_add(&calls, 1) + 1;
+  if (n == atomic_load(&fail_at) + 1 && atomic_load(&fail_at) > 0
+      && (err = atomic_load(&next_errno)) > 0) {
+    atomic_fetch_add(&injected, 1);
+    return err;
+  }
   if (n != atomic_load(&fail_at))
     return 0;
+  err = atomic_load(&fail_errno);
+  if (err != FDE_FAULT_SHORT)
+    atomic_fetch_add(&injected, 1);
+  return err;
+}
+
+/* The length a transfer armed to be short moves: the first half (as the
+ * kernel may return after a signal, at a file system's limit...), or
+ * all of a 1-byte one. */
+static size_t
+shortened(size_t len)
+{
+  if (len < 2)
+    return len;
   atomic_fetch_add(&injected, 1);
-  return atomic_load(&fail_errno);
+  return len / 2;
 }
 
 /* The seam's calls: see format.h. */
@@ -82,8 +112,10 @@ fde_io_pread(int fd, void *buf, size_t len, uint64_t off)
   int err = fault();
   ssize_t r;
 
-  if (err)
+  if (err > 0)
     return -err;
+  if (err == FDE_FAULT_SHORT)
+    len = shortened(len);
   if (off > (uint64_t) INT64_MAX)
     return -EINVAL;
   r = pread(fd, buf, len, (off_t) off);
@@ -96,8 +128,10 @@ fde_io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
   int err = fault();
   ssize_t r;
 
-  if (err)
+  if (err > 0)
     return -err;
+  if (err == FDE_FAULT_SHORT)
+    len = shortened(len);
   if (off > (uint64_t) INT64_MAX)
     return -EINVAL;
   r = pwrite(fd, buf, len, (off_t) off);
@@ -108,12 +142,28 @@ ssize_t
 fde_io_pwritev(int fd, const struct iovec *iov, int iovcnt, uint64_t off)
 {
   int err = fault();
+  struct iovec part[FDE_IOV_MAX];
   ssize_t r;
 
-  if (err)
+  if (err > 0)
     return -err;
   if (off > (uint64_t) INT64_MAX)
     return -EINVAL;
+  if (err == FDE_FAULT_SHORT && iovcnt > 0 && iovcnt <= FDE_IOV_MAX) {
+    size_t total = 0, keep;
+    int n = 0;
+    for (int k = 0; k < iovcnt; k++)
+      total += iov[k].iov_len;
+    keep = shortened(total);
+    for (; n < iovcnt && keep > 0; n++) {     /* the first keep bytes */
+      part[n] = iov[n];
+      if (part[n].iov_len > keep)
+        part[n].iov_len = keep;
+      keep -= part[n].iov_len;
+    }
+    iov = part;
+    iovcnt = n;
+  }
   r = pwritev(fd, iov, iovcnt, (off_t) off);
   return r < 0 ? -errno : r;
 }
@@ -126,8 +176,10 @@ fde_io_copy_range(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
   loff_t in = (loff_t) off_in, out = (loff_t) off_out;
   ssize_t r;
 
-  if (err)
+  if (err > 0)
     return -err;
+  if (err == FDE_FAULT_SHORT)
+    len = shortened(len);
   if (off_in > (uint64_t) INT64_MAX || off_out > (uint64_t) INT64_MAX)
     return -EINVAL;
   r = copy_file_range(fd_in, &in, fd_out, &out, len, 0);
@@ -139,7 +191,7 @@ fde_io_fdatasync(int fd)
 {
   int err = fault();
 
-  if (err)
+  if (err > 0)
     return -err;
   return fdatasync(fd) == 0 ? 0 : -errno;
 }
@@ -149,7 +201,7 @@ fde_io_fallocate(int fd, int mode, uint64_t off, uint64_t len)
 {
   int err = fault();
 
-  if (err)
+  if (err > 0)
     return -err;
   if (off > (uint64_t) INT64_MAX || len > (uint64_t) INT64_MAX - off)
     return -EINVAL;
@@ -161,7 +213,7 @@ fde_io_ftruncate(int fd, uint64_t size)
 {
   int err = fault();
 
-  if (err)
+  if (err > 0)
     return -err;
   if (size > (uint64_t) INT64_MAX)
     return -EINVAL;
@@ -259,8 +311,6 @@ int
 fde_copy_range_full(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
                     uint64_t len)
 {
-  bool copied = false;
-
   if (off_in > (uint64_t) INT64_MAX - len
       || off_out > (uint64_t) INT64_MAX - len)
     return -EINVAL;
@@ -270,11 +320,10 @@ fde_copy_range_full(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
     if (r == -EINTR)
       continue;
     if (r < 0)
-      return copied || !copy_range_unsupported((int) -r) ? (int) r
-        : FDE_COPY_RANGE_UNSUPPORTED;
+      return copy_range_unsupported((int) -r) ? FDE_COPY_RANGE_UNSUPPORTED
+        : (int) r;
     if (r == 0)
       return -EIO;              /* the source ends early: it shrank */
-    copied = true;
     off_in += (uint64_t) r;
     off_out += (uint64_t) r;
     len -= (uint64_t) r;

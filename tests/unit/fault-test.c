@@ -12,7 +12,10 @@
  * again with ENOSPC, and for the copying workloads (.copies) with EXDEV:
  * at a copy_file_range that is the kernel refusing to copy between the
  * files, which the backend must take by reading and writing instead (at
- * any other call, one more I/O error).  Each run carries on as a user
+ * any other call, one more I/O error).  And once more with call N a short
+ * transfer (half its bytes, as the kernel may return): no error at all,
+ * so that run must end exactly as the run without faults, every step
+ * succeeded and `qemu-img check` clean.  Each run carries on as a user
  * would: a failed write or zero is left failed, a failed flush is retried,
  * more data is written and flushed, and the disk is closed (the "close"
  * workload instead flushes once, as export_close does, and closes whatever
@@ -739,6 +742,12 @@ one_run(const struct workload *w, uint64_t nth, int err, uint64_t counts[2])
   fde_io_fault_disarm();
   counts[0] = fde_io_fault_calls();
   counts[1] = fde_io_fault_injected();
+  if (err == FDE_FAULT_SHORT)           /* not a failure: nothing may fail */
+    for (unsigned i = 0; ok && i < r->nr_done; i++)
+      if (!r->done[i].ok) {
+        fail("step %u failed after a short transfer", i + 1);
+        ok = false;
+      }
   if (r->disk != NULL && ok) {          /* what the open handle shows */
     expected(r, false, exp, known);
     got = library_contents(r->disk);
@@ -746,7 +755,7 @@ one_run(const struct workload *w, uint64_t nth, int err, uint64_t counts[2])
     free(got);
   }
   close_run(r);
-  ok &= check_image(r, nth == 0, exp, known);
+  ok &= check_image(r, nth == 0 || err == FDE_FAULT_SHORT, exp, known);
   if (nth == 0 && w->grows != GROWS_NOTHING
       && metric(run_image, w->grows) <= metric("base.qcow2", w->grows)) {
     fail("the workload did not grow what it is named after");
@@ -774,7 +783,8 @@ struct job {
 static const char *
 err_name(int err)
 {
-  return err == ENOSPC ? "ENOSPC" : err == EXDEV ? "EXDEV" : "EIO";
+  return err == ENOSPC ? "ENOSPC" : err == EXDEV ? "EXDEV"
+    : err == FDE_FAULT_SHORT ? "a short transfer" : "EIO";
 }
 
 static void
@@ -878,18 +888,18 @@ nth_call(uint64_t i, uint64_t runs, uint64_t k)
   return runs == k ? i + 1 : 1 + i * (k - 1) / (runs - 1);
 }
 
-/* Count the workload's calls, then fail each chosen one with each errno,
- * jobs runs at a time.  Adds the faults injected to *total; false on any
+/* Count the workload's calls, then fail each chosen one with each errno
+ * (and make it a short transfer), jobs runs at a time.  Adds the faults injected to *total; false on any
  * failure (after MAX_FAILED failed runs, no more start). */
 #define MAX_FAILED 10
 static bool
 test_workload(const struct workload *w, uint64_t cap, unsigned jobs,
               uint64_t *total)
 {
-  static const int errs[] = { EIO, ENOSPC, EXDEV };
-  uint64_t n_errs = w->copies ? 3 : 2;
+  static const int errs[] = { EIO, ENOSPC, FDE_FAULT_SHORT, EXDEV };
+  uint64_t n_errs = w->copies ? 4 : 3;
   struct job job[8] = { { .w = w } };
-  uint64_t counts[2], k, runs, faults[3] = { 0, 0, 0 };
+  uint64_t counts[2], k, runs, faults[4] = { 0, 0, 0, 0 };
   unsigned failed = 0;
   bool ok = setup(w) && start_run(&job[0]) && finish_run(&job[0], counts);
 
@@ -903,7 +913,8 @@ test_workload(const struct workload *w, uint64_t cap, unsigned jobs,
     struct job *j = &job[n % jobs];
     if (n >= jobs && j->pid > 0) {      /* the run started jobs ago */
       failed += !finish_run(j, counts);
-      faults[j->err == EIO ? 0 : j->err == ENOSPC ? 1 : 2] += counts[1];
+      faults[j->err == EIO ? 0 : j->err == ENOSPC ? 1
+             : j->err == FDE_FAULT_SHORT ? 2 : 3] += counts[1];
       j->pid = 0;
     }
     if (n < n_errs * runs && failed < MAX_FAILED) {
@@ -914,10 +925,11 @@ test_workload(const struct workload *w, uint64_t cap, unsigned jobs,
   }
   ok &= failed == 0;
   printf("%-22s %5" PRIu64 " calls, %3" PRIu64 " EIO, %3" PRIu64
-         " ENOSPC and %3" PRIu64 " EXDEV injected faults: %s\n", w->name, k,
-         faults[0], faults[1], faults[2], ok ? "ok" : "FAILED");
+         " ENOSPC, %3" PRIu64 " short and %3" PRIu64 " EXDEV injected faults:"
+         " %s\n", w->name, k, faults[0], faults[1], faults[2], faults[3],
+         ok ? "ok" : "FAILED");
   fflush(stdout);
-  *total += faults[0] + faults[1] + faults[2];
+  *total += faults[0] + faults[1] + faults[2] + faults[3];
   return ok;
 }
 
