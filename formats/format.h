@@ -505,12 +505,13 @@ bool fde_file_data_run(int fd, uint64_t off, uint64_t len, uint64_t *run);
 /* pwrite() that retries short writes and EINTR; 0 or -errno. */
 int fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
-/* copy_file_range() of all len bytes, retrying short copies and EINTR:
- * 0, or FDE_COPY_RANGE_UNSUPPORTED (> 0) when the kernel will not copy
- * between these files (EXDEV, EOPNOTSUPP, ENOSYS, EPERM, EINVAL, from
- * the first call or after a short copy: the caller reads and writes the
- * whole range instead, the part already copied again), or -errno (-EIO
- * when fd_in ends before off_in + len). */
+/* copy_file_range() of all len bytes, retrying short copies and EINTR;
+ * what lies past fd_in's end (a file that shrank) is written as zeros,
+ * as fde_pread_full reads it.  0, or FDE_COPY_RANGE_UNSUPPORTED (> 0)
+ * when the kernel will not copy between these files (EXDEV, EOPNOTSUPP,
+ * ENOSYS, EPERM, EINVAL, from the first call or after a short copy: the
+ * caller reads and writes the whole range instead, the part already
+ * copied again), or -errno. */
 #define FDE_COPY_RANGE_UNSUPPORTED 1
 int fde_copy_range_full(int fd_in, uint64_t off_in, int fd_out,
                         uint64_t off_out, uint64_t len);

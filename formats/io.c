@@ -307,6 +307,22 @@ fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
   return 0;
 }
 
+/* len bytes of zeros at off of fd: 0 or -errno. */
+static int
+write_zeros(int fd, uint64_t off, uint64_t len)
+{
+  static const char zeros[64 * 1024];
+  int r = 0;
+
+  while (len > 0 && r == 0) {
+    size_t n = len < sizeof zeros ? (size_t) len : sizeof zeros;
+    r = fde_pwrite_full(fd, zeros, n, off);
+    off += n;
+    len -= n;
+  }
+  return r;
+}
+
 int
 fde_copy_range_full(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
                     uint64_t len)
@@ -322,8 +338,8 @@ fde_copy_range_full(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
     if (r < 0)
       return copy_range_unsupported((int) -r) ? FDE_COPY_RANGE_UNSUPPORTED
         : (int) r;
-    if (r == 0)
-      return -EIO;              /* the source ends early: it shrank */
+    if (r == 0)                 /* fd_in ends early (it shrank): zeros */
+      return write_zeros(fd_out, off_out, len);
     off_in += (uint64_t) r;
     off_out += (uint64_t) r;
     len -= (uint64_t) r;

@@ -15,6 +15,7 @@
 #include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -372,6 +373,31 @@ struct read_reply {
   bool spliced;                                 /* some piece is a file range */
 };
 
+/* Keep a file range the backend named (run bytes at host of fd) inside
+ * the file as it is now: a file can shrink under the view (its owner
+ * truncates a backing file; the disk keeps its size), and a splice past
+ * its end would come back short, which the kernel takes for the end of
+ * the view and shrinks it.  Shortens *run to what the file holds; false
+ * when none of it is there (or fstat fails): pread, which reads zeros
+ * past the end as QEMU does, takes the run instead. */
+static bool
+inside_file(int fd, uint64_t host, uint64_t *run)
+{
+  struct stat st;
+  uint64_t end;
+
+  if (fstat(fd, &st) == -1)
+    return false;
+  if (!S_ISREG(st.st_mode))
+    return true;                /* a block device keeps its size */
+  end = st.st_size > 0 ? (uint64_t) st.st_size : 0;
+  if (host >= end)
+    return false;
+  if (*run > end - host)
+    *run = end - host;
+  return true;
+}
+
 /* Append the run of len bytes at disk offset pos (buffer offset at) to
  * rep: a file range when the backend can name one, else read into buf.
  * The last piece takes whatever is left.  Stores the run length. */
@@ -386,6 +412,8 @@ add_piece(struct fde_disk *d, struct read_reply *rep, char *buf, size_t at,
   if (rep->vec.count < MAX_SPLICE_BUFS - 1
       && (r = d->format->map(d, pos, len, &fd, &host, &run)) < 0)
     return r;
+  if (r == 1 && !inside_file(fd, host, &run))
+    r = 0;
   if (r == 1) {
     *b = (struct fuse_buf) { .size = run, .fd = fd, .pos = (off_t) host,
                              .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK };

@@ -546,3 +546,42 @@ os.fsync(fd)' "$WORK/img.qcow2"
   wait_unmounted "$WORK/img.qcow2"
   [ "$(sha img.qcow2)" = "$sum" ] || fail "the -r export changed the image"
 }
+
+# A backing file can shrink under the view: its owner truncates it.  QEMU
+# reads zeros past a file's end; so must the view (a read must not come
+# back short, which the kernel takes for the end of the disk), and the
+# copy-on-write around a write must take those zeros, not fail.
+@test "a backing file truncated under the view: the view keeps its size and reads zeros past the new end, as QEMU; writes copy those zeros; check clean" {
+  qemu-img create -q -f qcow2 base.qcow2 8M
+  qemu-io -c 'write -P 0x33 0 8M' base.qcow2 >/dev/null
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+  start_export top.qcow2
+  truncate -s 1M base.qcow2
+  dd if=top.qcow2 of=before.raw bs=1M status=none ||
+    fail "reading the view after the truncation failed"
+  [ "$(stat -c %s before.raw)" = 8388608 ] ||
+    fail "the view read $(stat -c %s before.raw) bytes, not 8 MiB"
+  "$PYTHON" - top.qcow2 <<'PY' || fail "a write over the truncated backing file failed"
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.pwrite(fd, b"\x5a" * 512, 6 << 20)            # copies the rest of its cluster
+os.pwrite(fd, b"\x6b" * 4096, (5 << 20) + 8192)
+os.pwrite(fd, b"\x7c" * 65536, 4 << 20)          # a whole cluster
+os.fsync(fd)
+os.close(fd)
+PY
+  dd if=top.qcow2 of=after.raw bs=1M status=none
+  [ "$(stat -c %s top.qcow2)" = 8388608 ] || fail "the view's size changed"
+  stop_export
+  run qemu-img check top.qcow2
+  [ "$status" = 0 ] || fail "qemu-img check: $output"
+  qemu-img convert -f qcow2 -O raw top.qcow2 qemu.raw
+  cmp after.raw qemu.raw || fail "the view differs from QEMU's reading of the same files"
+  # what nobody wrote reads as QEMU reads it, before the writes too
+  cmp <(head -c $((4 << 20)) before.raw) <(head -c $((4 << 20)) qemu.raw) ||
+    fail "before the writes the view differed from QEMU"
+  [ "$(od -An -tx1 -j $((6 << 20)) -N 2 after.raw | tr -d ' ')" = 5a5a ] ||
+    fail "the write at 6 MiB is not there"
+  [ "$(od -An -tx1 -j $((6 << 20 | 512)) -N 2 after.raw | tr -d ' ')" = 0000 ] ||
+    fail "copy-on-write past the backing file's end did not give zeros"
+}
