@@ -448,3 +448,36 @@ expect_refused_or_eio() {
   $POKE a.qcow2 compressed 0 "$off" "$nsec"
   expect_read_eio a.qcow2 0
 }
+
+# Writing would change tables that something else shares.  QEMU's overlap
+# check refuses such a write ("Preventing invalid write on metadata
+# (overlaps with inactive L1 table)") and marks the image corrupt; ours
+# refuses writing at open, and exports it read-only.
+@test "a snapshot whose L1 table is the active one (refcount 2) is refused for writing, as qemu-io refuses the write; -r reads it" {
+  make_img a.qcow2
+  qemu-img snapshot -c s1 a.qcow2
+  local l1 sn
+  l1=$(hdr a.qcow2 l1_table_offset)
+  sn=$(hdr a.qcow2 snapshots_offset)
+  $POKE a.qcow2 poke "$sn" 8 "$l1"                         # s1's l1_table_offset
+  $POKE a.qcow2 poke $((0x20000 + 2 * (l1 >> 16))) 2 2     # its refcount: 2
+  run qemu-img check a.qcow2
+  [ "$status" = 0 ] || [ "$status" = 3 ] ||
+    fail "setup: qemu-img check sees more than a leak: $output"
+  cp a.qcow2 oracle.qcow2
+  run qemu-io -c 'write -P 0x5c 128k 64k' oracle.qcow2
+  [[ "$output" == *"overlaps with inactive L1 table"* ]] ||
+    fail "setup: qemu-io does not refuse the write: $output"
+  local sum
+  sum=$(sha a.qcow2)
+  run --separate-stderr "$FDE" -d -p "$WORK/rw.pid" a.qcow2
+  [ "$status" = 3 ] || { [ -e "$WORK/rw.pid" ] && kill -INT "$(cat "$WORK/rw.pid")"
+    fail "exit status $status, want 3; stderr: $stderr"; }
+  [[ "$stderr" == *"a.qcow2"*"active L1 table is shared"*"read-only"* ]] ||
+    fail "the refusal does not say why: $stderr"
+  nothing_mounted
+  [ "$(sha a.qcow2)" = "$sum" ] || fail "the image changed"
+  export_ok a.qcow2
+  cmp <(read_range a.qcow2 0) <(pattern aa) || fail "-r: guest 0 does not read back"
+  export_done a.qcow2
+}

@@ -9,9 +9,11 @@
  * snapshot's data or the image's own tables.  So, like `qemu-img check`,
  * count every reference from the header, the tables, every L1 (active and
  * snapshots) and every L2, and compare with the refcounts on disk: more
- * references than the refcount says, a reference outside the file, or a
- * COPIED flag that disagrees with the refcount refuses writing (reading
- * stays possible).  Leaks (refcount above the references) are harmless.
+ * references than the refcount says, a reference outside the file, a
+ * COPIED flag that disagrees with the refcount, or a table written in
+ * place (header, active L1, refcount table) that something else shares
+ * refuses writing (reading stays possible).  Leaks (refcount above the
+ * references) are harmless.
  *
  * Memory is one 32-bit counter per host cluster, refused above
  * MAX_SCAN_CLUSTERS; every count is bounded by the file size (trap 25).
@@ -233,6 +235,36 @@ check_refblocks(struct scan *s)
   }
 }
 
+/* The clusters written in place whatever their flags say -- the header,
+ * the active L1 table and the refcount table -- have refcount 1 (and so
+ * one reference: this one).  A snapshot's L1 that is the active one, or a
+ * table that is also data, would be changed under it (QEMU's overlap
+ * check refuses those writes: "inactive L1 table" and the like). */
+static void
+check_rewritten(struct scan *s)
+{
+  struct qcow2_disk *q = s->q;
+  const struct { uint64_t offset, len; const char *what; } t[] = {
+    { 0, q->cluster_size, "the header's refcount is not 1" },
+    { q->l1_offset, q->l1_size * 8ull,
+      "the active L1 table is shared (its refcount is not 1)" },
+    { q->reftable_offset, (uint64_t) q->reftable_clusters * q->cluster_size,
+      "the refcount table is shared (its refcount is not 1)" },
+  };
+
+  for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+    uint64_t first = t[i].offset >> q->cluster_bits;
+    uint64_t last = t[i].len == 0 ? first
+      : (t[i].offset + t[i].len - 1) >> q->cluster_bits;
+    for (uint64_t c = first; t[i].len > 0 && c <= last
+           && c < s->nr_clusters; c++)
+      if (s->refs[c] != RC_ONE) {
+        problem(s, t[i].what, c << q->cluster_bits);
+        break;
+      }
+  }
+}
+
 /* Remember the clusters nothing uses (no reference, refcount 0): the
  * allocator reuses them before it appends.  (Clusters freed during the
  * session join the map after their grace period, qcow2-refcount.c.) */
@@ -304,6 +336,7 @@ qcow2_check_for_writing(struct qcow2_disk *q, const char *read_only_opt)
   if (s.refs != NULL && s.table != NULL && (r = count_all(&s)) == 0
       && (r = qcow2_refcounts_scan(q, s.nr_clusters, compare_one, &s)) == 0) {
     check_refblocks(&s);
+    check_rewritten(&s);
     r = check_copied(&s);
     if (r == 0 && s.problem == NULL)
       r = build_free_map(&s);
