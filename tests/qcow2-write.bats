@@ -585,3 +585,59 @@ PY
   [ "$(od -An -tx1 -j $((6 << 20 | 512)) -N 2 after.raw | tr -d ' ')" = 0000 ] ||
     fail "copy-on-write past the backing file's end did not give zeros"
 }
+
+# far_refcount IMG CLUSTER: cluster CLUSTER (past the end of the file)
+# gets a refcount of 1 that nothing references -- a leak, or a hostile
+# image's trap -- in the first refblock, or in a new one appended to IMG.
+far_refcount() {
+  "$PYTHON" - "$1" "$2" <<'PY'
+import sys
+path, far = sys.argv[1], int(sys.argv[2])
+d = bytearray(open(path, "rb").read())
+be = lambda o, n: int.from_bytes(d[o:o + n], "big")
+put = lambda o, n, v: d.__setitem__(slice(o, o + n), v.to_bytes(n, "big"))
+cs, rt, width = 1 << be(20, 4), be(48, 8), (1 << be(96, 4)) // 8
+rbe, end, rb0 = cs // width, len(d), be(rt, 8)
+assert end % cs == 0 and width == 2 and rb0 and far > end // cs
+if far // rbe == 0:
+    put(rb0 + 2 * far, 2, 1)
+else:
+    d += bytearray(cs)                                # the new refblock
+    put(rb0 + 2 * (end // cs), 2, 1)
+    put(rt + 8 * (far // rbe), 8, end)
+    put(end + 2 * (far % rbe), 2, 1)
+open(path, "wb").write(d)
+PY
+}
+
+# QEMU allocates from the first free cluster; a refcount far past the end
+# made us append there (a 2.5 MB image became a 1 TiB sparse file, or
+# writes failed with EFBIG).  Appending now starts at the end of the file
+# and steps over clusters past it that have a refcount.
+@test "a refcount past the end of the file (a leak; hostile) does not move new clusters there: the file grows as qemu-io grows it, data as qemu-io writes it, check clean" {
+  local far cs=65536
+  for far in $((1 << 24)) next; do
+    rm -f img.qcow2 q.qcow2
+    qemu-img create -q -f qcow2 -o cluster_size=$cs img.qcow2 64M
+    qemu-io -c 'write -P 1 0 1M' img.qcow2 >/dev/null
+    [ "$far" = next ] && far=$(( $(stat -c %s img.qcow2) / cs + 1 ))
+    far_refcount img.qcow2 "$far"
+    cp img.qcow2 q.qcow2
+    qemu-io -c 'write -P 0x2e 8M 192k' -c 'write -P 0x3f 40M 4k' q.qcow2 >/dev/null
+    start_export img.qcow2
+    "$PYTHON" -c '
+import os
+fd = os.open("img.qcow2", os.O_WRONLY)
+os.pwrite(fd, b"\x2e" * (192 << 10), 8 << 20)
+os.pwrite(fd, b"\x3f" * 4096, 40 << 20)
+os.fsync(fd)' || fail "far=$far: a write failed"
+    stop_export
+    run qemu-img check img.qcow2
+    { [ "$status" = 0 ] || [ "$status" = 3 ]; } && [[ "$output" != *ERROR* ]] ||
+      fail "far=$far: qemu-img check: $output"
+    run qemu-img compare img.qcow2 q.qcow2
+    [ "$status" = 0 ] || fail "far=$far: not what qemu-io wrote: $output"
+    [ "$(stat -c %s img.qcow2)" -le $(( $(stat -c %s q.qcow2) + 2 * cs )) ] ||
+      fail "far=$far: the file is $(stat -c %s img.qcow2) bytes, qemu-io's $(stat -c %s q.qcow2)"
+  done
+}

@@ -10,8 +10,8 @@
  * Allocation takes a cluster from the free map -- clusters the
  * consistency scan (qcow2-check.c) found free at open, and clusters freed
  * during the session once nothing can still be using them (below) -- and
- * otherwise appends at next_free, which starts past the end of the file
- * and past every cluster with a refcount.
+ * otherwise appends at next_free, which starts at the end of the file
+ * and steps over any cluster past it that has a refcount.
  *
  * Reuse of freed clusters, as QEMU does, with grace periods in the manner
  * of RCU.  Every operation that uses a host offset it got from the mapping
@@ -469,6 +469,27 @@ qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
  * (one read and one write of its bytes) counts them all.  Their
  * refcounts become 1 (on disk); the first one's offset in *host, their
  * number in *got. */
+static int first_counted_from(struct qcow2_disk *q, uint64_t c,
+                              uint64_t *found);
+
+/* next_free has reached a cluster past the old end of the file that has
+ * a refcount: move past it (and any that follow) to the next one without,
+ * and find the next that has one.  0 or -errno. */
+static int
+skip_counted(struct qcow2_disk *q)
+{
+  uint64_t next;
+  int r;
+
+  while (q->next_free >= q->next_counted) {
+    q->next_free = q->next_counted + 1;
+    if ((r = first_counted_from(q, q->next_free, &next)) < 0)
+      return r;
+    q->next_counted = next;
+  }
+  return 0;
+}
+
 int
 qcow2_alloc_clusters(struct qcow2_disk *q, uint64_t want, uint64_t *host,
                      uint64_t *got)
@@ -503,7 +524,14 @@ qcow2_alloc_clusters(struct qcow2_disk *q, uint64_t want, uint64_t *host,
   }
   if (q->next_free > max_clusters)      /* the tables took the last ones */
     return -EFBIG;
+  if (q->next_free >= q->next_counted) {
+    if ((r = skip_counted(q)) < 0)
+      return r;
+    return qcow2_alloc_clusters(q, want, host, got);   /* cover it again */
+  }
   n = rbe - q->next_free % rbe;         /* what its refblock covers */
+  if (n > q->next_counted - q->next_free)
+    n = q->next_counted - q->next_free;
   if (n > want)
     n = want;
   if (n > max_clusters - q->next_free + 1)
@@ -694,35 +722,45 @@ qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len)
   return 0;
 }
 
-/* The first cluster we may allocate: past the end of the file and past
- * every cluster that has a refcount (read from every refblock, bounded by
- * the reftable size). */
-int
-qcow2_refs_find_end(struct qcow2_disk *q)
+/* The first cluster at or after c that has a nonzero refcount, in
+ * *found (UINT64_MAX if none): read from the refblocks that cover c and
+ * what follows, each once, bounded by the reftable size.  0 or -errno. */
+static int
+first_counted_from(struct qcow2_disk *q, uint64_t c, uint64_t *found)
 {
-  uint64_t rbe = refblock_entries(q), end;
+  uint64_t rbe = refblock_entries(q);
   uint8_t *buf = malloc(q->cluster_size);
   int r = 0;
 
+  *found = UINT64_MAX;
   if (buf == NULL)
     return -ENOMEM;
-  end = (q->file_size + q->cluster_size - 1) >> q->cluster_bits;
-  for (uint64_t rt = 0; rt < q->reftable_entries; rt++) {
+  for (uint64_t rt = c / rbe; rt < q->reftable_entries
+         && *found == UINT64_MAX; rt++) {
     if (q->reftable[rt] == 0)
       continue;
     if ((r = fde_pread_full(q->fd, buf, q->cluster_size, q->reftable[rt])) < 0)
       break;
-    for (uint64_t i = rbe; i-- > 0;) {
+    for (uint64_t i = rt == c / rbe ? c % rbe : 0; i < rbe; i++)
       if (get_entry(q, buf, i) != 0) {
-        if (rt * rbe + i + 1 > end)
-          end = rt * rbe + i + 1;
+        *found = rt * rbe + i;
         break;
       }
-    }
   }
   free(buf);
-  q->next_free = end;
   return r;
+}
+
+/* Appending starts at the end of the file, as QEMU allocates from the
+ * first free cluster: a refcount far past the end (a leak, a hostile
+ * image) must not move every new cluster there (a file of a TiB, or
+ * EFBIG).  Clusters past the end that do have a refcount are skipped when
+ * appending reaches them (next_counted). */
+int
+qcow2_refs_find_end(struct qcow2_disk *q)
+{
+  q->next_free = (q->file_size + q->cluster_size - 1) >> q->cluster_bits;
+  return first_counted_from(q, q->next_free, &q->next_counted);
 }
 
 /* Call visit(ctx, c, refcount) for every cluster c in [0, nr), in order

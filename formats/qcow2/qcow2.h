@@ -259,6 +259,8 @@ struct qcow2_disk {
   uint32_t reftable_clusters;
   uint64_t reftable_entries;
   uint64_t next_free;           /* first cluster never allocated */
+  uint64_t next_counted;        /* first at or past next_free with a
+                                 * refcount (UINT64_MAX: none) */
   uint64_t *free_map;           /* bit c: cluster c may be allocated */
   uint64_t free_map_clusters;   /* clusters the map covers */
   uint64_t free_cursor;         /* no free bit below it */
