@@ -62,11 +62,12 @@ lock_line_matches(const char *line, const char *kind, const struct stat *st,
 }
 
 /* Does /proc/PID/fdinfo of process pid list such a lock on one of its
- * descriptors?  Read as text only: the files themselves are never
- * touched (a stat of a hung FUSE view would hang). */
+ * descriptors (other than skip_fd, -1 for none)?  Read as text only: the
+ * files themselves are never touched (a stat of a hung FUSE view would
+ * hang). */
 static bool
 fdinfo_has_lock(long pid, const char *kind, const struct stat *st,
-                long long byte)
+                long long byte, int skip_fd)
 {
   char dir_path[64], path[96], line[256];
   struct dirent *fd_ent;
@@ -80,7 +81,7 @@ fdinfo_has_lock(long pid, const char *kind, const struct stat *st,
   while (!found && (fd_ent = readdir(dir)) != NULL) {
     FILE *f;
 
-    if (fd_ent->d_name[0] == '.')
+    if (fd_ent->d_name[0] == '.' || atoi(fd_ent->d_name) == skip_fd)
       continue;
     snprintf(path, sizeof path, "%s/%.20s", dir_path, fd_ent->d_name);
     if ((f = fopen(path, "re")) == NULL)
@@ -112,7 +113,7 @@ fdinfo_lock_holder(const char *kind, const struct stat *st, long long byte,
 
     if (*end != '\0' || pid <= 0 || (others_only && pid == (long) getpid()))
       continue;
-    if (fdinfo_has_lock(pid, kind, st, byte))
+    if (fdinfo_has_lock(pid, kind, st, byte, -1))
       found = pid;
   }
   closedir(proc);
@@ -186,9 +187,10 @@ fde_process_name(long pid, char *buf, size_t len)
 }
 
 /* A conflict on byte of fd's file (-1: some byte): say who holds it
- * where /proc tells, "in use by NAME (pid N), which WHY", else "in use by
- * another program (QEMU?) that WHY", WHY naming permission perm if not
- * NULL.  -EADDRINUSE if the holder is another fuse-disk-export (the
+ * where /proc tells, "in use by NAME (pid N), which WHY" (this process's
+ * other descriptors of the file: "in use by this same command"), else
+ * "in use by another program (QEMU?) that WHY", WHY naming permission
+ * perm if not NULL.  -EADDRINUSE if the holder is another fuse-disk-export (the
  * image is exported already), else -EBUSY. */
 static int
 report_conflict(int fd, const char *path, long long byte, const char *why,
@@ -203,6 +205,12 @@ report_conflict(int fd, const char *path, long long byte, const char *why,
     snprintf(reason, sizeof reason, "%s the %s permission", why, perm);
   else
     snprintf(reason, sizeof reason, "%s", why);
+  if (pid == 0 && fdinfo_has_lock((long) getpid(), "OFDLCK", &st, byte, fd)) {
+    fde_error("%s: in use by this same command, which %s: it exports the "
+              "image twice, or as well as an image over it; export it once",
+              path, reason);
+    return -EADDRINUSE;
+  }
   if (pid > 0 && fde_process_name(pid, name, sizeof name)) {
     fde_error("%s: in use by %s (pid %ld), which %s; stop it first", path,
               name, pid, reason);

@@ -295,6 +295,21 @@ first_wins_alone() {
   nothing_mounted
 }
 
+# An image and an overlay over it in one launch: the overlay's chain opens
+# the image, which this same command holds for writing.  The holder is
+# neither "another program (QEMU?)" nor a stranger.
+@test "an image and an overlay over it in one launch: refused as held by this same command (exit 4), nothing mounted" {
+  qemu-img create -q -f qcow2 -b "$IMG" -F qcow2 "$WORK/top.qcow2"
+  run "$FDE" -q -dp "$WORK/p.pid" "$IMG" "$WORK/top.qcow2" 3>&-
+  assert_failure 4
+  assert_output --partial "$IMG: in use by this same command, which holds the write permission"
+  refute_output --partial "QEMU?"
+  [ ! -e "$WORK/p.pid" ] || fail "a pid file was written"
+  nothing_mounted
+  run qemu-img check "$IMG"
+  assert_success
+}
+
 @test "a lock conflict names the holder: another fuse-disk-export (exit 4) or QEMU's qemu-io (exit 3)" {
   touch view
   start_export -m "$WORK/view" "$IMG"
