@@ -586,13 +586,14 @@ PY
     fail "copy-on-write past the backing file's end did not give zeros"
 }
 
-# far_refcount IMG CLUSTER: cluster CLUSTER (past the end of the file)
-# gets a refcount of 1 that nothing references -- a leak, or a hostile
-# image's trap -- in the first refblock, or in a new one appended to IMG.
+# far_refcount IMG CLUSTER [COUNT]: clusters CLUSTER, CLUSTER+2, ... (COUNT
+# of them, default 1; past the end of the file) get a refcount of 1 that
+# nothing references -- a leak, or a hostile image's trap -- in the first
+# refblock, or in a new one appended to IMG.
 far_refcount() {
-  "$PYTHON" - "$1" "$2" <<'PY'
+  "$PYTHON" - "$1" "$2" "${3:-1}" <<'PY'
 import sys
-path, far = sys.argv[1], int(sys.argv[2])
+path, far, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 d = bytearray(open(path, "rb").read())
 be = lambda o, n: int.from_bytes(d[o:o + n], "big")
 put = lambda o, n, v: d.__setitem__(slice(o, o + n), v.to_bytes(n, "big"))
@@ -600,8 +601,11 @@ cs, rt, width = 1 << be(20, 4), be(48, 8), (1 << be(96, 4)) // 8
 rbe, end, rb0 = cs // width, len(d), be(rt, 8)
 assert end % cs == 0 and width == 2 and rb0 and far > end // cs
 if far // rbe == 0:
-    put(rb0 + 2 * far, 2, 1)
+    assert (far + 2 * count) // rbe == 0
+    for k in range(count):
+        put(rb0 + 2 * (far + 2 * k), 2, 1)
 else:
+    assert count == 1
     d += bytearray(cs)                                # the new refblock
     put(rb0 + 2 * (end // cs), 2, 1)
     put(rt + 8 * (far // rbe), 8, end)
@@ -615,13 +619,18 @@ PY
 # writes failed with EFBIG).  Appending now starts at the end of the file
 # and steps over clusters past it that have a refcount.
 @test "a refcount past the end of the file (a leak; hostile) does not move new clusters there: the file grows as qemu-io grows it, data as qemu-io writes it, check clean" {
-  local far cs=65536
-  for far in $((1 << 24)) next; do
+  local far cs=65536 count
+  # one far away; one just past the end; every other cluster past the end
+  # (a gap to allocate between each two)
+  for far in $((1 << 24)) next every-other; do
     rm -f img.qcow2 q.qcow2
     qemu-img create -q -f qcow2 -o cluster_size=$cs img.qcow2 64M
     qemu-io -c 'write -P 1 0 1M' img.qcow2 >/dev/null
-    [ "$far" = next ] && far=$(( $(stat -c %s img.qcow2) / cs + 1 ))
-    far_refcount img.qcow2 "$far"
+    count=1
+    [ "$far" = every-other ] && count=2000
+    [ "$far" = next ] || [ "$far" = every-other ] &&
+      far=$(( $(stat -c %s img.qcow2) / cs + 1 ))
+    far_refcount img.qcow2 "$far" "$count"
     cp img.qcow2 q.qcow2
     qemu-io -c 'write -P 0x2e 8M 192k' -c 'write -P 0x3f 40M 4k' q.qcow2 >/dev/null
     start_export img.qcow2

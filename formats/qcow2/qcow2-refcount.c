@@ -469,8 +469,8 @@ qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
  * (one read and one write of its bytes) counts them all.  Their
  * refcounts become 1 (on disk); the first one's offset in *host, their
  * number in *got. */
-static int first_counted_from(struct qcow2_disk *q, uint64_t c,
-                              uint64_t *found);
+static int counted_runs_from(struct qcow2_disk *q, uint64_t c,
+                             uint64_t *free_c, uint64_t *counted);
 
 /* next_free has reached a cluster past the old end of the file that has
  * a refcount: move past it (and any that follow) to the next one without,
@@ -478,16 +478,14 @@ static int first_counted_from(struct qcow2_disk *q, uint64_t c,
 static int
 skip_counted(struct qcow2_disk *q)
 {
-  uint64_t next;
-  int r;
+  uint64_t free_c, counted;
+  int r = counted_runs_from(q, q->next_free, &free_c, &counted);
 
-  while (q->next_free >= q->next_counted) {
-    q->next_free = q->next_counted + 1;
-    if ((r = first_counted_from(q, q->next_free, &next)) < 0)
-      return r;
-    q->next_counted = next;
+  if (r == 0) {                 /* on failure nothing moves: retried */
+    q->next_free = free_c;
+    q->next_counted = counted;
   }
-  return 0;
+  return r;
 }
 
 int
@@ -722,31 +720,43 @@ qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len)
   return 0;
 }
 
-/* The first cluster at or after c that has a nonzero refcount, in
- * *found (UINT64_MAX if none): read from the refblocks that cover c and
- * what follows, each once, bounded by the reftable size.  0 or -errno. */
+/* From cluster c on: the first cluster whose refcount is 0 in *free (c
+ * itself, unless it has one), and the first after that which has one in
+ * *counted (UINT64_MAX: none).  Clusters no refblock covers count 0.
+ * Each refblock is read once, and the scan stops at *counted, so skipping
+ * costs a read per run of counted clusters, however a hostile image lays
+ * them out.  0 or -errno. */
 static int
-first_counted_from(struct qcow2_disk *q, uint64_t c, uint64_t *found)
+counted_runs_from(struct qcow2_disk *q, uint64_t c, uint64_t *free_c,
+                  uint64_t *counted)
 {
-  uint64_t rbe = refblock_entries(q);
+  uint64_t rbe = refblock_entries(q), rt;
   uint8_t *buf = malloc(q->cluster_size);
   int r = 0;
 
-  *found = UINT64_MAX;
+  *free_c = *counted = UINT64_MAX;
   if (buf == NULL)
     return -ENOMEM;
-  for (uint64_t rt = c / rbe; rt < q->reftable_entries
-         && *found == UINT64_MAX; rt++) {
-    if (q->reftable[rt] == 0)
+  for (rt = c / rbe; rt < q->reftable_entries && *counted == UINT64_MAX;
+       rt++) {
+    uint64_t i = rt == c / rbe ? c % rbe : 0;
+    if (q->reftable[rt] == 0) {
+      if (*free_c == UINT64_MAX)
+        *free_c = rt * rbe + i;
       continue;
+    }
     if ((r = fde_pread_full(q->fd, buf, q->cluster_size, q->reftable[rt])) < 0)
       break;
-    for (uint64_t i = rt == c / rbe ? c % rbe : 0; i < rbe; i++)
-      if (get_entry(q, buf, i) != 0) {
-        *found = rt * rbe + i;
-        break;
-      }
+    for (; i < rbe && *counted == UINT64_MAX; i++) {
+      bool zero = get_entry(q, buf, i) == 0;
+      if (*free_c == UINT64_MAX && zero)
+        *free_c = rt * rbe + i;
+      else if (*free_c != UINT64_MAX && !zero)
+        *counted = rt * rbe + i;
+    }
   }
+  if (*free_c == UINT64_MAX)    /* counted up to the reftable's end */
+    *free_c = rt * rbe > c ? rt * rbe : c;
   free(buf);
   return r;
 }
@@ -759,8 +769,15 @@ first_counted_from(struct qcow2_disk *q, uint64_t c, uint64_t *found)
 int
 qcow2_refs_find_end(struct qcow2_disk *q)
 {
-  q->next_free = (q->file_size + q->cluster_size - 1) >> q->cluster_bits;
-  return first_counted_from(q, q->next_free, &q->next_counted);
+  uint64_t end = (q->file_size + q->cluster_size - 1) >> q->cluster_bits;
+  uint64_t free_c, counted;
+  int r = counted_runs_from(q, end, &free_c, &counted);
+
+  if (r == 0) {
+    q->next_free = free_c;
+    q->next_counted = counted;
+  }
+  return r;
 }
 
 /* Call visit(ctx, c, refcount) for every cluster c in [0, nr), in order
