@@ -505,6 +505,11 @@ bool fde_file_data_run(int fd, uint64_t off, uint64_t len, uint64_t *run);
 /* pwrite() that retries short writes and EINTR; 0 or -errno. */
 int fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
+/* len bytes of zeros written at off (in 64 KiB pwrites): the fallback
+ * where fallocate cannot zero, and a copy's source past its end.  0 or
+ * -errno. */
+int fde_pwrite_zeros(int fd, uint64_t off, uint64_t len);
+
 /* copy_file_range() of all len bytes, retrying short copies and EINTR;
  * what lies past fd_in's end (a file that shrank) is written as zeros,
  * as fde_pread_full reads it.  0, or FDE_COPY_RANGE_UNSUPPORTED (> 0)

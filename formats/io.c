@@ -6,8 +6,8 @@
  * Every pread, pwrite, copy_file_range, fdatasync, fallocate and ftruncate
  * a backend makes on an image file goes through the fde_io_* / fde_* calls
  * below, so that a test can count them and make any one of them fail or
- * transfer short (the "testing" section of format.h).  When no test has armed the seam, the
- * price is one relaxed atomic load per call. */
+ * transfer short (the "testing" section of format.h).  When no test has
+ * armed the seam, the price is one relaxed atomic load per call. */
 #include <config.h>
 
 #include <errno.h>
@@ -307,9 +307,8 @@ fde_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
   return 0;
 }
 
-/* len bytes of zeros at off of fd: 0 or -errno. */
-static int
-write_zeros(int fd, uint64_t off, uint64_t len)
+int
+fde_pwrite_zeros(int fd, uint64_t off, uint64_t len)
 {
   static const char zeros[64 * 1024];
   int r = 0;
@@ -339,7 +338,7 @@ fde_copy_range_full(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
       return copy_range_unsupported((int) -r) ? FDE_COPY_RANGE_UNSUPPORTED
         : (int) r;
     if (r == 0)                 /* fd_in ends early (it shrank): zeros */
-      return write_zeros(fd_out, off_out, len);
+      return fde_pwrite_zeros(fd_out, off_out, len);
     off_in += (uint64_t) r;
     off_out += (uint64_t) r;
     len -= (uint64_t) r;

@@ -190,22 +190,23 @@ fde_process_name(long pid, char *buf, size_t len)
  * where /proc tells, "in use by NAME (pid N), which WHY" (this process's
  * other descriptors of the file: "in use by this same command"), else
  * "in use by another program (QEMU?) that WHY", WHY naming permission
- * perm if not NULL.  -EADDRINUSE if the holder is another fuse-disk-export (the
- * image is exported already), else -EBUSY. */
+ * perm if not NULL.  -EADDRINUSE if the holder is another
+ * fuse-disk-export (the image is exported already), else -EBUSY. */
 static int
 report_conflict(int fd, const char *path, long long byte, const char *why,
                 const char *perm)
 {
   char name[64], reason[96];
   struct stat st;
-  long pid = fstat(fd, &st) == 0
-             ? fde_lock_holder(&st, "OFDLCK", byte, true) : 0;
+  bool known = fstat(fd, &st) == 0;
+  long pid = known ? fde_lock_holder(&st, "OFDLCK", byte, true) : 0;
 
   if (perm != NULL)
     snprintf(reason, sizeof reason, "%s the %s permission", why, perm);
   else
     snprintf(reason, sizeof reason, "%s", why);
-  if (pid == 0 && fdinfo_has_lock((long) getpid(), "OFDLCK", &st, byte, fd)) {
+  if (known && pid == 0
+      && fdinfo_has_lock((long) getpid(), "OFDLCK", &st, byte, fd)) {
     fde_error("%s: in use by this same command, which %s: it exports the "
               "image twice, or as well as an image over it; export it once",
               path, reason);

@@ -135,23 +135,6 @@ raw_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
   return fde_pwrite_full(to_raw(d)->fd, buf, len, off);
 }
 
-/* Write zeros in bounded chunks: the fallback when fallocate cannot. */
-static int
-write_zeros(int fd, uint64_t off, uint64_t len)
-{
-  static const char zeros[65536];
-
-  while (len > 0) {
-    size_t n = len < sizeof zeros ? (size_t) len : sizeof zeros;
-    int r = fde_pwrite_full(fd, zeros, n, off);
-    if (r < 0)
-      return r;
-    off += n;
-    len -= n;
-  }
-  return 0;
-}
-
 /* Try one fallocate mode; on "not supported" remember it and say so. */
 static int
 try_fallocate(int fd, int mode, uint64_t off, uint64_t len, bool *can)
@@ -187,7 +170,7 @@ raw_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
                     off, len, punch ? &h->can_zero_range : &h->can_punch);
   if (r != -EOPNOTSUPP)
     return r;
-  return flags & FDE_ZERO_FAST ? -ENOTSUP : write_zeros(h->fd, off, len);
+  return flags & FDE_ZERO_FAST ? -ENOTSUP : fde_pwrite_zeros(h->fd, off, len);
 }
 
 static int
