@@ -650,3 +650,50 @@ os.fsync(fd)' || fail "far=$far: a write failed"
       fail "far=$far: the file is $(stat -c %s img.qcow2) bytes, qemu-io's $(stat -c %s q.qcow2)"
   done
 }
+
+# A new cluster over zeros (a new image; unallocated or zero clusters over
+# a backing file with nothing there) was filled whole: 60 KiB of zeros
+# copied for a 4 KiB write.  Clusters appended past the end of the file
+# are holes already, so only the request's bytes are written there, as
+# QEMU writes no zeros (handle_alloc_space); over data it still copies.
+@test "allocating writes over zeros (a new image; holes of a backing file) write only their bytes: the file stays sparse, the view and qemu-img read what was written, check clean" {
+  local img
+  qemu-img create -q -f qcow2 -o cluster_size=65536 new.qcow2 64M
+  qemu-img create -q -f qcow2 base.qcow2 64M
+  qemu-io -c 'write -P 0x11 0 1M' -c 'write -z 2M 64k' base.qcow2 >/dev/null
+  qemu-img create -q -f qcow2 -o cluster_size=65536 -b base.qcow2 -F qcow2 top.qcow2
+  for img in new top; do
+    qemu-img convert -f qcow2 -O raw $img.qcow2 model.raw
+    start_export $img.qcow2
+    "$PYTHON" - $img.qcow2 model.raw <<'PY' || fail "$img: writing the view failed"
+import os, random, sys
+view = os.open(sys.argv[1], os.O_RDWR)
+model = os.open(sys.argv[2], os.O_RDWR)
+rnd = random.Random(13)
+cs = 65536
+# a 4 KiB write inside each of 200 clusters in shuffled order (those of
+# the first MiB are over the backing file's data), then one at the head
+# of the disk's last cluster: the file's last cluster is then written
+# only at its head
+clusters = list(range(200))
+rnd.shuffle(clusters)
+for k, c in enumerate(clusters + [1023]):
+    off = c * cs + (0 if c == 1023 else rnd.randrange(16) * 4096)
+    data = bytes([(k * 7 + i) % 251 + 1 for i in range(4096)])
+    os.pwrite(view, data, off)
+    os.pwrite(model, data, off)
+os.fsync(view)
+PY
+    # read while the export serves it: the file may end inside a cluster
+    cmp $img.qcow2 model.raw || fail "$img: the view differs from the model"
+    stop_export
+    run qemu-img check $img.qcow2
+    [ "$status" = 0 ] || fail "$img: qemu-img check: $output"
+    run qemu-img compare -f qcow2 -F raw $img.qcow2 model.raw
+    [ "$status" = 0 ] || fail "$img: qemu-img reads otherwise: $output"
+    # 201 clusters with 4 KiB each, 16 of them copied from the backing
+    # file's data (1 MiB): written whole, they would take 12.6 MiB
+    [ $(( $(stat -c %b $img.qcow2) * 512 )) -lt $(( 4 << 20 )) ] ||
+      fail "$img: $(du -h $img.qcow2 | cut -f1) allocated: zeros were written"
+  done
+}

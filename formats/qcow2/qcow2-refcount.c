@@ -458,8 +458,9 @@ int
 qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
 {
   uint64_t got;
+  bool appended;
 
-  return qcow2_alloc_clusters(q, 1, host, &got);
+  return qcow2_alloc_clusters(q, 1, host, &got, &appended);
 }
 
 /* Allocate up to want (>= 1) clusters, contiguous in the file: a free one
@@ -468,7 +469,10 @@ qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host)
  * file, as long as one refblock covers it, so that one refcount update
  * (one read and one write of its bytes) counts them all.  Their
  * refcounts become 1 (on disk); the first one's offset in *host, their
- * number in *got. */
+ * number in *got, and in *appended whether they lie past every byte the
+ * file has held (appended at next_free, which starts at the end of the
+ * file): such clusters read as zeros until written, a freed one reused
+ * may not (its punch may have failed). */
 static int counted_runs_from(struct qcow2_disk *q, uint64_t c,
                              uint64_t *free_c, uint64_t *counted);
 
@@ -490,12 +494,13 @@ skip_counted(struct qcow2_disk *q)
 
 int
 qcow2_alloc_clusters(struct qcow2_disk *q, uint64_t want, uint64_t *host,
-                     uint64_t *got)
+                     uint64_t *got, bool *appended)
 {
   uint64_t rbe = refblock_entries(q), max_clusters, n;
   int r;
 
   *got = 1;
+  *appended = false;
   if ((r = reuse_free_cluster(q, host)) != 0)
     return r < 0 ? r : 0;
   if (q->waiting.nr != 0 || q->freed.nr != 0) {
@@ -525,7 +530,7 @@ qcow2_alloc_clusters(struct qcow2_disk *q, uint64_t want, uint64_t *host,
   if (q->next_free >= q->next_counted) {
     if ((r = skip_counted(q)) < 0)
       return r;
-    return qcow2_alloc_clusters(q, want, host, got);   /* cover it again */
+    return qcow2_alloc_clusters(q, want, host, got, appended);  /* again */
   }
   n = rbe - q->next_free % rbe;         /* what its refblock covers */
   if (n > q->next_counted - q->next_free)
@@ -538,6 +543,7 @@ qcow2_alloc_clusters(struct qcow2_disk *q, uint64_t want, uint64_t *host,
     return r;
   *host = q->next_free << q->cluster_bits;
   *got = n;
+  *appended = true;
   q->next_free += n;
   grow_file_size(q);
   return 0;

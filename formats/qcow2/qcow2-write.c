@@ -12,7 +12,9 @@
  * guest saw there plus the new bytes, and only then referenced.  What the
  * guest saw is copied by the kernel (copy_file_range) from the file that
  * holds it, where one does; it passes through a buffer only when it must
- * be computed (zeros, compressed clusters) or the kernel refuses.
+ * be computed (zeros, compressed clusters) or the kernel refuses.  Zeros
+ * around the new bytes are not written at all into clusters appended past
+ * the end of the file: holes read as zeros (write_run_data).
  *
  * Ordering, as QEMU's cache dependencies give it (reference section 4.5):
  * refcount increments are written at once; data is written at once; L2
@@ -620,10 +622,33 @@ read_around(struct qcow2_disk *q, uint64_t cstart, uint64_t cend,
   return r;
 }
 
+/* Does the guest read as zeros at [start, start+len) now (true when len
+ * is 0; past the disk's end it does)?  Asked of the mapping (zero
+ * clusters, unallocated with nothing below, holes of a backing file);
+ * false when it cannot tell. */
+static bool
+guest_reads_zero(struct qcow2_disk *q, uint64_t start, uint64_t len)
+{
+  while (len > 0 && start < q->disk.size) {
+    uint64_t run, n = q->disk.size - start < len ? q->disk.size - start
+      : len;
+    unsigned status;
+    if (qcow2_block_status(&q->disk, start, n, &run, &status) < 0
+        || !(status & FDE_BS_ZERO) || run == 0)
+      return false;
+    if (run > n)
+      run = n;
+    start += run;
+    len -= run;
+  }
+  return true;
+}
+
 /* A run of new clusters: guest clusters from gfirst, host clusters from
  * host, n of them, for guest bytes [off, off+bytes). */
 struct run {
   uint64_t gfirst, host, n, off, bytes;
+  bool appended;                /* past every byte the file held: zeros */
 };
 
 /* alloc_lock held: allocate a run for the clusters of [off, off+len) from
@@ -652,7 +677,8 @@ reserve_run(struct qcow2_disk *q, uint64_t off, uint64_t len,
   qcow2_l2_put(q, &ref);
   if (k == 0)
     return 1;
-  if ((r = qcow2_alloc_clusters(q, k, &run->host, &got)) < 0)
+  if ((r = qcow2_alloc_clusters(q, k, &run->host, &got, &run->appended))
+      < 0)
     return r;
   run->gfirst = off >> q->cluster_bits;
   run->n = got;
@@ -679,6 +705,21 @@ write_run_data(struct qcow2_disk *q, const struct run *run, const void *buf)
   char *head, *tail;
   int r;
 
+  if (run->appended && guest_reads_zero(q, cstart, run->off - cstart)
+      && guest_reads_zero(q, run->off + run->bytes,
+                          cend - (run->off + run->bytes))) {
+    /* Zeros around buf, over clusters the file never held (holes past
+     * its end, which read as zeros): only buf is written, as QEMU writes
+     * zeros instead of copying zeros (handle_alloc_space).  The file may
+     * now end inside the run: data_end stops at what was written, so
+     * that splicing readers take the rest by reading (zeros past EOF). */
+    uint64_t at = run->host + (run->off - cstart);
+    r = fde_pwrite_full(q->fd, buf, run->bytes, at);
+    if (r == 0 && at + run->bytes > q->data_end)
+      q->data_end = at + run->bytes;
+    return r;
+  }
+
   if (!atomic_load(&q->no_copy_range)
       || (run->n == 1 && run->off > cstart && run->off + run->bytes < cend))
     return write_merged(q, run->host, cstart, cend - cstart, buf,
@@ -694,6 +735,9 @@ write_run_data(struct qcow2_disk *q, const struct run *run, const void *buf)
     r = fde_pwritev_full(q->fd, v, 3, run->host);
   free(head);
   free(tail);
+  /* Before the entries show the clusters (see write_merged). */
+  if (r == 0 && run->host + (cend - cstart) > q->data_end)
+    q->data_end = run->host + (cend - cstart);
   return r;
 }
 
@@ -707,10 +751,6 @@ finish_run(struct qcow2_disk *q, struct run *run, int r)
   struct qcow2_l2_ref ref;
 
   if (r == 0 && (r = l2_for_update(q, run->off, &ref)) == 0) {
-    uint64_t end = run->host + run->n * q->cluster_size;
-    /* Before the entries show the clusters (see write_merged). */
-    if (end > q->data_end)
-      q->data_end = end;
     for (uint64_t k = 0; k < run->n; k++) {
       struct entry e = decode_entry(q, ref.table, i0 + (uint32_t) k);
       int rr;

@@ -425,7 +425,7 @@ int qcow2_refcounts_scan(struct qcow2_disk *q, uint64_t nr,
                          void *ctx);
 int qcow2_alloc_cluster(struct qcow2_disk *q, uint64_t *host);
 int qcow2_alloc_clusters(struct qcow2_disk *q, uint64_t want, uint64_t *host,
-                         uint64_t *got);
+                         uint64_t *got, bool *appended);
 int qcow2_free_clusters(struct qcow2_disk *q, uint64_t offset, uint64_t len);
 void qcow2_recycle_freed(struct qcow2_disk *q);
 bool qcow2_have_free_cluster(struct qcow2_disk *q);

@@ -126,11 +126,12 @@ IMAGES = [("raw", "raw"), ("qcow2-full", "qcow2"), ("qcow2-zstd", "qcow2"),
           ("qcow2-chain-top", "qcow2"),
           ("vmdk-sparse", "vmdk"), ("vmdk-stream", "vmdk"), ("vhdx", "vhdx"),
           ("vdi", "vdi"), ("vhd", "vpc"),
-          ("fresh-overlay", "qcow2"), ("fresh-raw", "raw"), ("tar", "qcow2"),
+          ("fresh-overlay", "qcow2"), ("fresh-raw", "raw"),
+          ("fresh-image", "qcow2"), ("tar", "qcow2"),
           ("nbd", "qcow2")]
 # Of these, made per run by bench_fresh and bench_tar, not by make_images
 # (nbd: bench_nbd serves copies of the fully allocated qcow2 over NBD).
-PER_RUN = ("fresh-overlay", "fresh-raw", "tar", "nbd")
+PER_RUN = ("fresh-overlay", "fresh-raw", "fresh-image", "tar", "nbd")
 
 # Issue 12's images: qemu-img convert of the raw image with these options.
 # Each is one format served read-only: only the read jobs run on it, and
@@ -603,20 +604,28 @@ def bench_startup(cfg, d, fde, results, notes):
 # once; the 4 KiB random writes replay (fio read_iolog) a shuffled list of
 # every cluster of the disk, one 4 KiB write at a random 4 KiB offset of
 # each, split in two halves for the two jobs of the aio16x2 job.  The read
-# jobs read through the empty overlay from the base.
+# jobs read through the empty overlay from the base.  The write jobs also
+# run on a new qcow2 image with no backing file (FRESH_NEW), ours next to
+# qemu-storage-daemon's: where the disk shows zeros, copy-on-write has
+# nothing to copy (mkfs or an install into a new image).
 
 FRESH = "fresh-overlay"
 FRESH_RAW = "fresh-raw"
+FRESH_NEW = "fresh-image"
 CLUSTER = 64 << 10                      # qemu-img create's default
 
 
 def fresh_image(kind, base, path, size):
-    """A new empty image at path: an overlay over base, or sparse raw."""
+    """A new empty image at path: an overlay over base, a qcow2 image of
+    size with no backing file, or sparse raw."""
     if os.path.exists(path):
         os.unlink(path)
     if kind == FRESH:
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
              f"cluster_size={CLUSTER}", "-b", os.path.abspath(base), "-F", "qcow2", path])
+    elif kind == FRESH_NEW:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+             f"cluster_size={CLUSTER}", path, str(size)])
     else:
         with open(path, "wb") as f:
             f.truncate(size)
@@ -664,14 +673,17 @@ def fresh_fio(job, view, cfg, wdir, seed):
 
 def bench_fresh(peers, cfg, base, work, res, notes):
     """Every job of cfg on a fresh overlay (ours, qemu-storage-daemon) and
-    a fresh sparse raw file (ours), each run on new images, the views
-    taking turns run by run; medians into res[(peer, image, job)]."""
-    views = [(FRESH, p) for p in peers if p.writes and p.supports("qcow2")]
-    views.append((FRESH_RAW, peers[0]))
+    a fresh sparse raw file (ours), the write jobs on a new qcow2 image
+    (ours, qemu-storage-daemon), each run on new images, the views taking
+    turns run by run; medians into res[(peer, image, job)]."""
+    qcow2_peers = [p for p in peers if p.writes and p.supports("qcow2")]
+    all_views = [(FRESH, p) for p in qcow2_peers] + [(FRESH_RAW, peers[0])]
+    all_views += [(FRESH_NEW, p) for p in qcow2_peers]
     wdir = os.path.join(work, "fresh")
     os.makedirs(wdir, exist_ok=True)
     for job in ordered_jobs(cfg):
         log(f"fresh overlay: {job[0]}")
+        views = [(img, p) for img, p in all_views if job[1] or img != FRESH_NEW]
         runs = {(img, p.name): [] for img, p in views}
         for rep in range(cfg.repeat):
             for img, proto in views:
@@ -679,11 +691,12 @@ def bench_fresh(peers, cfg, base, work, res, notes):
                 if runs[key] is None:
                     continue
                 peer = proto.fresh()
-                path = os.path.join(wdir, f"{img}.{'qcow2' if img == FRESH else 'raw'}")
+                fmt = "raw" if img == FRESH_RAW else "qcow2"
+                path = os.path.join(wdir, f"{img}.{fmt}")
                 try:
                     fresh_image(img, base, path, cfg.size)
                     os.sync()
-                    view = peer.start(path, "qcow2" if img == FRESH else "raw", wdir)
+                    view = peer.start(path, fmt, wdir)
                     runs[key].append(fresh_fio(job, view, cfg, wdir, rep))
                 except Exception as e:  # noqa: BLE001
                     runs[key] = None
@@ -1021,6 +1034,8 @@ def report(cfg, res, ceiling, startup, rss, notes, peers, images, tar_times,
         L.append("|---|---|" + "---:|" * len(names) + "---:|")
     for img in images:
         for job in ordered_jobs(cfg):
+            if img == FRESH_NEW and not job[1]:
+                continue                # write jobs only (bench_fresh)
             row = [res.get((p.name, img, job[0])) for p in peers]
             ours = row[0]
             best = [r[0] for r in row[1:] if isinstance(r, tuple)]
@@ -1419,10 +1434,11 @@ def main():
             for group in image_groups(imgs):
                 bench_group(peers, cfg, group, work, res, rss, notes)
             full = os.path.join(work, "full.qcow2")
-            if {"fresh-overlay", "fresh-raw"} & set(per_run):
+            if {FRESH, FRESH_RAW, FRESH_NEW} & set(per_run):
                 if os.path.exists(full):
                     bench_fresh(peers, cfg, full, work, res, notes)
-                    imgs.update({k: None for k in (FRESH, FRESH_RAW) if k in per_run})
+                    imgs.update({k: None for k in (FRESH, FRESH_RAW, FRESH_NEW)
+                                 if k in per_run})
                 else:
                     notes.append("fresh overlays skipped: no qcow2 base (qemu-img missing)")
             if "tar" in per_run and have("qemu-img"):
