@@ -14,7 +14,10 @@
  * holds it, where one does; it passes through a buffer only when it must
  * be computed (zeros, compressed clusters) or the kernel refuses.  Zeros
  * around the new bytes are not written at all into clusters appended past
- * the end of the file: holes read as zeros (write_run_data).
+ * the end of the file: holes read as zeros (write_run_data).  The data of
+ * such a run of new clusters is written after alloc_lock is dropped, its
+ * guest clusters marked in flight so that overlapping requests wait
+ * (write_allocating).
  *
  * Ordering, as QEMU's cache dependencies give it (reference section 4.5):
  * refcount increments are written at once; data is written at once; L2
@@ -335,15 +338,27 @@ read_guest(struct qcow2_disk *q, char *buf, uint64_t start, uint64_t len)
   return n ? qcow2_pread(&q->disk, buf, n, start) : 0;
 }
 
+/* data_end = max(data_end, end), from any thread: allocating runs write
+ * their data outside alloc_lock, and end in any order. */
+static void
+raise_data_end(struct qcow2_disk *q, uint64_t end)
+{
+  uint64_t cur = atomic_load(&q->data_end);
+
+  while (cur < end
+         && !atomic_compare_exchange_weak(&q->data_end, &cur, end))
+    ;
+}
+
 /* Fill [dst, dst+len) of this layer's file with what the guest sees at
  * [start, start+len) now, without taking the bytes through a buffer of
  * ours where a file holds them verbatim (qcow2_map_file: a cluster of this
  * layer shared with a snapshot, or a backing layer's data): the kernel
  * copies them (copy_file_range).  The rest (zeros, compressed clusters,
  * bytes past the disk's end, or every byte once the kernel refused to
- * copy between these files) is read and written.  Nothing frees or
- * reuses a cluster while alloc_lock is held; the bracket is the map
- * interface's rule all the same.  0 or -errno. */
+ * copy between these files) is read and written.  The guard keeps the
+ * clusters it copies from from being reused meanwhile (allocating runs
+ * call this without alloc_lock).  0 or -errno. */
 static int
 copy_guest(struct qcow2_disk *q, uint64_t dst, uint64_t start, uint64_t len)
 {
@@ -418,8 +433,8 @@ write_merged(struct qcow2_disk *q, uint64_t host, uint64_t start,
   }
   /* Before the L2 entry shows the cluster: splicing readers (qcow2_map_file)
    * may use it only once the file really holds its bytes. */
-  if (r == 0 && host + span > q->data_end)
-    q->data_end = host + span;
+  if (r == 0)
+    raise_data_end(q, host + span);
   return r;
 }
 
@@ -586,7 +601,42 @@ in_place_run(struct qcow2_disk *q, uint64_t off, uint64_t len,
   return done;
 }
 
-/* ---- Allocating runs ---------------------------------------------------- */
+/* ---- Allocating runs, their data written outside alloc_lock ---------- */
+
+/* Does a run in flight hold a guest cluster of [first, end)? */
+static bool
+inflight_meets(const struct qcow2_disk *q, uint64_t first, uint64_t end)
+{
+  for (const struct qcow2_inflight *f = q->inflight; f != NULL; f = f->next)
+    if (first < f->end && f->first < end)
+      return true;
+  return false;
+}
+
+/* alloc_lock held: wait until no run in flight holds a cluster of guest
+ * bytes [off, off+len) (len > 0), so that nothing changes an entry, or
+ * copies on write from one, whose new cluster is still being written. */
+static void
+wait_inflight(struct qcow2_disk *q, uint64_t off, uint64_t len)
+{
+  uint64_t first = off >> q->cluster_bits;
+  uint64_t end = ((off + len - 1) >> q->cluster_bits) + 1;
+
+  while (inflight_meets(q, first, end))
+    pthread_cond_wait(&q->inflight_done, &q->alloc_lock);
+}
+
+/* alloc_lock held: take f off the list of runs in flight; wake waiters. */
+static void
+inflight_end(struct qcow2_disk *q, struct qcow2_inflight *f)
+{
+  struct qcow2_inflight **p = &q->inflight;
+
+  while (*p != f)
+    p = &(*p)->next;
+  *p = f->next;
+  pthread_cond_broadcast(&q->inflight_done);
+}
 
 /* Does entry e need a new cluster of ours that a run can give it (a
  * standard L2 entry that is not an allocated cluster of ours)? */
@@ -715,8 +765,8 @@ write_run_data(struct qcow2_disk *q, const struct run *run, const void *buf)
      * that splicing readers take the rest by reading (zeros past EOF). */
     uint64_t at = run->host + (run->off - cstart);
     r = fde_pwrite_full(q->fd, buf, run->bytes, at);
-    if (r == 0 && at + run->bytes > q->data_end)
-      q->data_end = at + run->bytes;
+    if (r == 0)
+      raise_data_end(q, at + run->bytes);
     return r;
   }
 
@@ -736,8 +786,8 @@ write_run_data(struct qcow2_disk *q, const struct run *run, const void *buf)
   free(head);
   free(tail);
   /* Before the entries show the clusters (see write_merged). */
-  if (r == 0 && run->host + (cend - cstart) > q->data_end)
-    q->data_end = run->host + (cend - cstart);
+  if (r == 0)
+    raise_data_end(q, run->host + (cend - cstart));
   return r;
 }
 
@@ -768,23 +818,26 @@ finish_run(struct qcow2_disk *q, struct run *run, int r)
   return r;
 }
 
-/* The allocating path for [off, off+len), alloc_lock held: bytes of it
- * written (> 0), or -errno.  A run of clusters that need new clusters is
- * allocated at once (contiguous, one refcount update) and written in one
- * pwritev; anything else (extended L2, ZERO_ALLOC clusters of ours) takes
- * write_alloc's path for one cluster.  Ordering (crash safety) is as for
- * write_alloc: the refcounts are written when the clusters are allocated,
- * the data before the entries name it, the entries reach the file only
- * in flush after a sync.  The data is written under the lock: writing it
- * outside (other allocating writes going on meanwhile, overlapping ones
- * waiting, as QEMU's dependent requests) halved 4 KiB random allocating
- * writes at queue depth 16 x 2 on 2 CPUs (issue 13's benchmark). */
+/* The allocating path for [off, off+len): bytes of it written (> 0), or
+ * -errno.  A run of clusters that need new clusters is allocated at once
+ * (contiguous, one refcount update) under alloc_lock and written outside
+ * it, so that other allocating writes go on meanwhile (copying on write
+ * from a backing file not in the page cache waits for the disk); the
+ * run's guest clusters are in flight until its entries are stored, and
+ * overlapping requests wait for them (wait_inflight).  Anything else
+ * (extended L2, ZERO_ALLOC clusters of ours) takes write_alloc's path for
+ * one cluster, under the lock.  Ordering (crash safety) is as for
+ * write_alloc: the refcounts are written when the clusters are
+ * allocated, the data before the entries name it, the entries reach the
+ * file only in flush after a sync; a flush meanwhile leaves the run's
+ * clusters counted and unnamed, a leak at worst. */
 static int64_t
 write_allocating(struct qcow2_disk *q, const char *buf, uint64_t len,
                  uint64_t off)
 {
   uint64_t n = q->cluster_size - qcow2_offset_into_cluster(q, off);
   uint64_t table_end = (off / qcow2_l1_span(q) + 1) * qcow2_l1_span(q);
+  struct qcow2_inflight f;
   struct run run;
   int r;
 
@@ -792,16 +845,27 @@ write_allocating(struct qcow2_disk *q, const char *buf, uint64_t len,
     len = table_end - off;      /* one L2 table */
   if (n > len)
     n = len;
+  pthread_mutex_lock(&q->alloc_lock);
+  wait_inflight(q, off, len);
   flush_to_reuse(q);
-  if ((r = reserve_run(q, off, len, &run)) == 1) {
-    r = write_alloc(q, buf, n, off);
+  if ((r = reserve_run(q, off, len, &run)) != 0) {
+    if (r == 1 && (r = write_alloc(q, buf, n, off)) == 0)
+      r = 1;
+    pthread_mutex_unlock(&q->alloc_lock);
     return r < 0 ? r : (int64_t) n;
   }
-  if (r < 0)
-    return r;
-  r = finish_run(q, &run, write_run_data(q, &run, buf));
+  f = (struct qcow2_inflight) { run.gfirst, run.gfirst + run.n, q->inflight };
+  q->inflight = &f;
+  pthread_mutex_unlock(&q->alloc_lock);
+
+  r = write_run_data(q, &run, buf);
+
+  pthread_mutex_lock(&q->alloc_lock);
+  inflight_end(q, &f);
+  r = finish_run(q, &run, r);
   if (r == 0)
     r = maybe_flush(q);
+  pthread_mutex_unlock(&q->alloc_lock);
   return r < 0 ? r : (int64_t) run.bytes;
 }
 
@@ -825,10 +889,7 @@ qcow2_pwrite(struct fde_disk *d, const void *buf, size_t len, uint64_t off)
     if (r < 0)
       return r;
     if (n == 0) {
-      pthread_mutex_lock(&q->alloc_lock);
-      done = write_allocating(q, p, len, off);
-      pthread_mutex_unlock(&q->alloc_lock);
-      if (done < 0)
+      if ((done = write_allocating(q, p, len, off)) < 0)
         return (int) done;
       n = (uint64_t) done;
     }
@@ -938,6 +999,8 @@ qcow2_zero(struct fde_disk *d, uint64_t off, uint64_t len, unsigned flags)
   if ((flags & FDE_ZERO_FAST) && !zero_is_fast(q, off, len))
     return -ENOTSUP;
   pthread_mutex_lock(&q->alloc_lock);
+  if (len > 0)
+    wait_inflight(q, off, len);
   while (len > 0 && r == 0) {
     uint64_t n = q->cluster_size - qcow2_offset_into_cluster(q, off);
     if (n > len)

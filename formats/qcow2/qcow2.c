@@ -776,6 +776,7 @@ free_disk(struct qcow2_disk *q)
     return;
   pthread_mutex_destroy(&q->alloc_lock);
   pthread_rwlock_destroy(&q->map_lock);
+  pthread_cond_destroy(&q->inflight_done);
   free(q->reftable);
   free(q->free_map);
   qcow2_runs_free(&q->freed);
@@ -826,6 +827,7 @@ qcow2_open(const struct fde_open_params *p, struct fde_disk **out)
   q->fd = p->fd;
   pthread_mutex_init(&q->alloc_lock, NULL);
   init_map_lock(&q->map_lock);
+  pthread_cond_init(&q->inflight_done, NULL);
   if ((r = file_size(p, &q->file_size)) < 0) {
     fde_error("%s: cannot find the file size: %s", p->path, strerror(-r));
     goto fail;

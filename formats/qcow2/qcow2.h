@@ -205,6 +205,17 @@ struct qcow2_snapshot {
   char *name;
 };
 
+/* Guest clusters [first, end) whose new host clusters are being written
+ * outside alloc_lock (qcow2-write.c, write_allocating): no other
+ * allocating write, zeroing or discard touches them until the run's L2
+ * entries are stored.  QEMU's "dependent requests" (qcow2.c,
+ * handle_dependencies) do the same for its allocating writes.  Each lives
+ * on its writer's stack, on q->inflight's list while alloc_lock says so. */
+struct qcow2_inflight {
+  uint64_t first, end;
+  struct qcow2_inflight *next;
+};
+
 struct qcow2_disk {
   struct fde_disk disk;         /* must come first */
   int fd;
@@ -275,6 +286,8 @@ struct qcow2_disk {
   /* writing: pending updates (qcow2-write.c) */
   pthread_mutex_t alloc_lock;   /* allocation, metadata updates, flush */
   pthread_rwlock_t map_lock;    /* L1/L2 entries: lookups vs updates */
+  pthread_cond_t inflight_done; /* with alloc_lock: a run below ended */
+  struct qcow2_inflight *inflight;      /* runs being written (alloc_lock) */
   uint32_t l1_dirty_lo, l1_dirty_hi;    /* L1 entries not yet written */
   struct qcow2_free *frees;     /* references to drop after the next sync */
   void *zeros;                  /* one cluster of zeros (writable images) */
