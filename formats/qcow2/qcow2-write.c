@@ -14,9 +14,9 @@
  * holds it, where one does; it passes through a buffer only when it must
  * be computed (zeros, compressed clusters) or the kernel refuses.  Zeros
  * around the new bytes are not written at all into clusters appended past
- * the end of the file: holes read as zeros (write_run_data).  The data of
- * such a run of new clusters is written after alloc_lock is dropped, its
- * guest clusters marked in flight so that overlapping requests wait
+ * the end of the file: they are allocated as zeros (write_run_data).  The
+ * data of a run of new clusters is written after alloc_lock is dropped,
+ * its guest clusters marked in flight so that overlapping requests wait
  * (write_allocating).
  *
  * Ordering, as QEMU's cache dependencies give it (reference section 4.5):
@@ -34,6 +34,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "chain.h"
 #include "format.h"
 #include "qcow2.h"
 
@@ -672,24 +673,33 @@ read_around(struct qcow2_disk *q, uint64_t cstart, uint64_t cend,
   return r;
 }
 
-/* Does the guest read as zeros at [start, start+len) now (true when len
- * is 0; past the disk's end it does)?  Asked of the mapping (zero
- * clusters, unallocated with nothing below, holes of a backing file);
- * false when it cannot tell. */
+/* Does the guest read as zeros at [start, start+len) by the tables alone
+ * (true when len is 0; past the disk's end it does)?  Zero clusters, and
+ * ranges unallocated down a chain of qcow2 layers to nothing below (no
+ * backing file, or past its end).  A backing file of another format
+ * counts as data, as QEMU's is_zero_cow asks bdrv_is_allocated_above: a
+ * hole that lseek reports in a raw file is not trusted with the guest's
+ * bytes (some file systems have misreported them). */
 static bool
-guest_reads_zero(struct qcow2_disk *q, uint64_t start, uint64_t len)
+tables_read_zero(struct qcow2_disk *q, uint64_t start, uint64_t len)
 {
   while (len > 0 && start < q->disk.size) {
-    uint64_t run, n = q->disk.size - start < len ? q->disk.size - start
-      : len;
-    unsigned status;
-    if (qcow2_block_status(&q->disk, start, n, &run, &status) < 0
-        || !(status & FDE_BS_ZERO) || run == 0)
+    uint64_t n = q->disk.size - start < len ? q->disk.size - start : len;
+    struct qcow2_extent e;
+    if (qcow2_map(q, start, n, &e) < 0 || e.len == 0)
       return false;
-    if (run > n)
-      run = n;
-    start += run;
-    len -= run;
+    if (e.len > n)
+      e.len = n;
+    if (e.kind == QCOW2_BACKING) {
+      uint64_t below = fde_chain_lower_part(q->backing, start, e.len);
+      if (below > 0 && (q->backing->format != &fde_format_qcow2
+                        || !tables_read_zero(to_qcow2(q->backing), start,
+                                             below)))
+        return false;
+    } else if (e.kind != QCOW2_ZERO)
+      return false;
+    start += e.len;
+    len -= e.len;
   }
   return true;
 }
@@ -755,18 +765,22 @@ write_run_data(struct qcow2_disk *q, const struct run *run, const void *buf)
   char *head, *tail;
   int r;
 
-  if (run->appended && guest_reads_zero(q, cstart, run->off - cstart)
-      && guest_reads_zero(q, run->off + run->bytes,
-                          cend - (run->off + run->bytes))) {
-    /* Zeros around buf, over clusters the file never held (holes past
-     * its end, which read as zeros): only buf is written, as QEMU writes
-     * zeros instead of copying zeros (handle_alloc_space).  The file may
-     * now end inside the run: data_end stops at what was written, so
-     * that splicing readers take the rest by reading (zeros past EOF). */
-    uint64_t at = run->host + (run->off - cstart);
-    r = fde_pwrite_full(q->fd, buf, run->bytes, at);
+  if (run->appended && tables_read_zero(q, cstart, run->off - cstart)
+      && tables_read_zero(q, run->off + run->bytes,
+                          cend - (run->off + run->bytes))
+      && (r = fde_io_fallocate(q->fd, 0, run->host, cend - cstart))
+         != -EOPNOTSUPP) {
+    /* Zeros around buf, over clusters the file never held: their blocks
+     * are allocated (fallocate, which reads as zeros and extends the
+     * file) and only buf is written, as QEMU zeroes the clusters with
+     * fallocate instead of copying zeros (handle_alloc_space).  The
+     * blocks are taken now, as a whole write would take them, so that a
+     * later write into these clusters cannot fail for lack of space. */
     if (r == 0)
-      raise_data_end(q, at + run->bytes);
+      r = fde_pwrite_full(q->fd, buf, run->bytes,
+                          run->host + (run->off - cstart));
+    if (r == 0)
+      raise_data_end(q, run->host + (cend - cstart));
     return r;
   }
 

@@ -220,7 +220,10 @@ struct qcow2_disk {
   struct fde_disk disk;         /* must come first */
   int fd;
   uint64_t file_size;           /* at open time, then past every allocation */
-  _Atomic uint64_t data_end;    /* the file holds every byte below this */
+  /* The file is at least this long, and holds every byte below it that
+   * an L2 entry names (a run still being written, not yet named, may lie
+   * below it: runs end in any order, qcow2-write.c). */
+  _Atomic uint64_t data_end;
 
   /* geometry */
   unsigned version;
