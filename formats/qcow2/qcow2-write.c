@@ -749,11 +749,14 @@ reserve_run(struct qcow2_disk *q, uint64_t off, uint64_t len,
   return 0;
 }
 
-/* Write the run's clusters whole: buf itself straight from the request,
- * the guest's bytes before and after it as they show now (the entries
- * still name the old clusters, or the backing file) copied by the kernel
- * (write_merged).  Where the kernel will not copy, head and tail are read
- * and all of it goes out in one pwritev, except for a write inside one
+/* Write the run's clusters whole (alloc_lock not held; the run's guest
+ * clusters are in flight): buf itself straight from the request, the
+ * guest's bytes before and after it as they show now (the entries still
+ * name the old clusters, or the backing file) copied by the kernel
+ * (write_merged).  Where the tables show zeros there and the clusters
+ * were appended, they are allocated as zeros instead and only buf is
+ * written.  Where the kernel will not copy, head and tail are read and
+ * all of it goes out in one pwritev, except for a write inside one
  * cluster with bytes on both sides, which reads the cluster once
  * (write_merged): one read of a cluster costs less than two of its
  * parts.  0 or -errno. */
