@@ -561,6 +561,17 @@ uint64_t fde_io_fault_calls(void);
 /* Faults injected (failed or shortened calls) since the last arm. */
 uint64_t fde_io_fault_injected(void);
 
+/* The seam's calls, by kind. */
+enum fde_io_call {
+  FDE_IO_NONE, FDE_IO_PREAD, FDE_IO_PWRITE, FDE_IO_COPY_RANGE,
+  FDE_IO_FDATASYNC, FDE_IO_FALLOCATE, FDE_IO_FTRUNCATE,
+};
+
+/* The kind of call the armed failure (call nth) hit since the last arm:
+ * FDE_IO_NONE until it has.  A test asks whether a refusal (EXDEV,
+ * EOPNOTSUPP) met the call it models, which must then fail nothing. */
+enum fde_io_call fde_io_fault_hit(void);
+
 /* formats/lock.c: take QEMU's image locks (shared OFD locks on bytes
  * 100-103 and 200-203) for a reader or a writer; with a message naming
  * the holder where /proc shows it, -EADDRINUSE when another

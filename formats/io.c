@@ -29,6 +29,7 @@ static atomic_uint_fast64_t fail_at;    /* 1-based call to fail, 0: none */
 static atomic_int fail_errno;
 static atomic_int next_errno;           /* call fail_at + 1's, 0: none */
 static atomic_uint_fast64_t injected;   /* faults injected since arming */
+static atomic_int hit;                  /* enum fde_io_call call nth was */
 
 /* The test control: see format.h, "testing only". */
 void
@@ -36,6 +37,7 @@ fde_io_fault_arm(uint64_t nth, int err)
 {
   atomic_store(&calls, 0);
   atomic_store(&injected, 0);
+  atomic_store(&hit, FDE_IO_NONE);
   atomic_store(&fail_errno, err > 0 || err == FDE_FAULT_SHORT ? err : EIO);
   atomic_store(&next_errno, 0);
   atomic_store(&fail_at, nth);
@@ -67,11 +69,17 @@ fde_io_fault_injected(void)
   return atomic_load(&injected);
 }
 
-/* Count one call: 0 to let it through, the errno to fail it with, or
- * FDE_FAULT_SHORT for a transfer to move only part of its bytes (calls
- * that transfer nothing let it through). */
+enum fde_io_call
+fde_io_fault_hit(void)
+{
+  return (enum fde_io_call) atomic_load(&hit);
+}
+
+/* Count one call of kind what: 0 to let it through, the errno to fail it
+ * with, or FDE_FAULT_SHORT for a transfer to move only part of its bytes
+ * (calls that transfer nothing let it through). */
 static int
-fault(void)
+fault(enum fde_io_call what)
 {
   uint64_t n;
   int err;
@@ -87,6 +95,7 @@ fault(void)
   }
   if (n != atomic_load(&fail_at))
     return 0;
+  atomic_store(&hit, what);
   err = atomic_load(&fail_errno);
   if (err != FDE_FAULT_SHORT)
     atomic_fetch_add(&injected, 1);
@@ -109,7 +118,7 @@ shortened(size_t len)
 ssize_t
 fde_io_pread(int fd, void *buf, size_t len, uint64_t off)
 {
-  int err = fault();
+  int err = fault(FDE_IO_PREAD);
   ssize_t r;
 
   if (err > 0)
@@ -125,7 +134,7 @@ fde_io_pread(int fd, void *buf, size_t len, uint64_t off)
 ssize_t
 fde_io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 {
-  int err = fault();
+  int err = fault(FDE_IO_PWRITE);
   ssize_t r;
 
   if (err > 0)
@@ -141,7 +150,7 @@ fde_io_pwrite(int fd, const void *buf, size_t len, uint64_t off)
 ssize_t
 fde_io_pwritev(int fd, const struct iovec *iov, int iovcnt, uint64_t off)
 {
-  int err = fault();
+  int err = fault(FDE_IO_PWRITE);
   struct iovec part[FDE_IOV_MAX];
   ssize_t r;
 
@@ -172,7 +181,7 @@ ssize_t
 fde_io_copy_range(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
                   size_t len)
 {
-  int err = fault();
+  int err = fault(FDE_IO_COPY_RANGE);
   loff_t in = (loff_t) off_in, out = (loff_t) off_out;
   ssize_t r;
 
@@ -189,7 +198,7 @@ fde_io_copy_range(int fd_in, uint64_t off_in, int fd_out, uint64_t off_out,
 int
 fde_io_fdatasync(int fd)
 {
-  int err = fault();
+  int err = fault(FDE_IO_FDATASYNC);
 
   if (err > 0)
     return -err;
@@ -199,7 +208,7 @@ fde_io_fdatasync(int fd)
 int
 fde_io_fallocate(int fd, int mode, uint64_t off, uint64_t len)
 {
-  int err = fault();
+  int err = fault(FDE_IO_FALLOCATE);
 
   if (err > 0)
     return -err;
@@ -211,7 +220,7 @@ fde_io_fallocate(int fd, int mode, uint64_t off, uint64_t len)
 int
 fde_io_ftruncate(int fd, uint64_t size)
 {
-  int err = fault();
+  int err = fault(FDE_IO_FTRUNCATE);
 
   if (err > 0)
     return -err;

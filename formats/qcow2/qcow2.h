@@ -295,6 +295,7 @@ struct qcow2_disk {
   struct qcow2_free *frees;     /* references to drop after the next sync */
   void *zeros;                  /* one cluster of zeros (writable images) */
   atomic_bool no_copy_range;    /* copy_file_range refused: copy by reading */
+  atomic_bool no_fallocate;     /* fallocate refused: write zeros instead */
   size_t nr_frees, cap_frees;
 };
 

@@ -9,10 +9,13 @@
  * counting (K calls; this run must leave `qemu-img check` fully clean, no
  * leaks), then for N in 1..K (at most FDE_FAULT_CAP values, spread evenly
  * over 1..K) rerun it on a fresh copy with call N failing with EIO, and
- * again with ENOSPC, and for the copying workloads (.copies) with EXDEV:
- * at a copy_file_range that is the kernel refusing to copy between the
- * files, which the backend must take by reading and writing instead (at
- * any other call, one more I/O error).  And once more with call N a short
+ * again with ENOSPC, and for workloads whose calls the kernel may refuse
+ * (.refusal) with that errno: EXDEV for the copying workloads, at a
+ * copy_file_range the kernel refusing to copy between the files, which
+ * the backend must take by reading and writing instead; EOPNOTSUPP for
+ * those that write into new clusters, at a fallocate a file system
+ * without it, which the backend must take by writing zeros (at any other
+ * call, one more I/O error).  And once more with call N a short
  * transfer (half its bytes, as the kernel may return): no error at all,
  * so that run must end exactly as the run without faults, every step
  * succeeded and `qemu-img check` clean.  Each run carries on as a user
@@ -97,7 +100,7 @@ struct workload {
   uint64_t cache_bytes;         /* L2 cache budget (0: default) */
   uint64_t autoclear;           /* autoclear bits set in base.qcow2 */
   bool close_flushes_once;      /* end like export_close: one flush, close */
-  bool copies;                  /* copies on write: runs with EXDEV too */
+  int refusal;                  /* runs with this errno too (0: not) */
   enum grows grows;
   uint64_t extra_off;           /* the "write more" phase writes here */
   struct op ops[MAX_OPS];
@@ -109,12 +112,12 @@ struct workload {
 #define LOWENT_SIZE (2 * MiB)
 
 static const struct workload workloads[] = {
-  { .name = "allocating-writes",
+  { .name = "allocating-writes", .refusal = EOPNOTSUPP,
     .setup = "qemu-img create -q -f qcow2 base.qcow2 16M",
     .extra_off = 12 * MiB,
     .ops = { W(0, 4096), W(70000, 5000), W(1 * MiB, 200 * KiB), F,
              W(4 * MiB - 100, 300), W(8 * MiB, 64 * KiB), F } },
-  { .name = "cow-snapshot", .copies = true,
+  { .name = "cow-snapshot", .refusal = EXDEV,
     .setup = "qemu-img create -q -f qcow2 base.qcow2 8M"
     " && qemu-io -c 'write -P 0x11 0 4M' base.qcow2 >/dev/null"
     " && qemu-img snapshot -c s1 base.qcow2"
@@ -123,7 +126,7 @@ static const struct workload workloads[] = {
     .extra_off = 6 * MiB,
     .ops = { W(0, 4096), W(128 * KiB, 64 * KiB), W(1 * MiB + 512, 1000), F,
              D(2 * MiB, 128 * KiB), W(3 * MiB, 100), F } },
-  { .name = "cow-backing", .copies = true,
+  { .name = "cow-backing", .refusal = EXDEV,
     .setup = "qemu-img create -q -f raw backing.raw 8M"
     " && qemu-io -f raw -c 'write -P 0x33 0 8M' backing.raw >/dev/null"
     " && qemu-img create -q -f qcow2 -b backing.raw -F raw base.qcow2 8M",
@@ -134,7 +137,7 @@ static const struct workload workloads[] = {
     .ops = { W(100, 200), W(64 * KiB + 1000, 70000), F,
              W(100 * KiB, 200 * KiB), W(5 * MiB, 4096),
              Z(6 * MiB + 512, 1024), F } },
-  { .name = "cow-backing-extl2", .copies = true,
+  { .name = "cow-backing-extl2", .refusal = EXDEV,
     .setup = "qemu-img create -q -f qcow2 backing.qcow2 8M"
     " && qemu-io -c 'write -P 0x34 0 8M' backing.qcow2 >/dev/null"
     " && qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k"
@@ -189,6 +192,7 @@ static const struct workload workloads[] = {
     .ops = { W(2 * MiB, 8 * KiB), W(2 * MiB + 64 * KiB, 8 * KiB), F,
              W(2 * MiB + 128 * KiB, 8 * KiB), F } },
   { .name = "l2-allocation",   /* 512 B clusters: one table per 32 KiB */
+    .refusal = EOPNOTSUPP,
     .setup = "qemu-img create -q -f qcow2 -o cluster_size=512 base.qcow2 8M",
     /* 224 new tables through a cache of 64 in 8 shards, as the default
      * is at 64 KiB clusters: a flush every 32 dirty tables */
@@ -729,7 +733,7 @@ one_run(const struct workload *w, uint64_t nth, int err, uint64_t counts[2])
 {
   struct run *r = calloc(1, sizeof *r);
   uint8_t *exp = malloc(disk_size), *known = malloc(disk_size), *got;
-  bool ok;
+  bool ok, refused;
 
   if (r == NULL || exp == NULL || known == NULL
       || copy_file("base.qcow2", run_image) != 0) {
@@ -742,10 +746,15 @@ one_run(const struct workload *w, uint64_t nth, int err, uint64_t counts[2])
   fde_io_fault_disarm();
   counts[0] = fde_io_fault_calls();
   counts[1] = fde_io_fault_injected();
-  if (err == FDE_FAULT_SHORT)           /* not a failure: nothing may fail */
+  /* Not failures: a short transfer, a refusal of the call it models
+   * (taken another way).  Nothing may fail then. */
+  refused = (err == EXDEV && fde_io_fault_hit() == FDE_IO_COPY_RANGE)
+    || (err == EOPNOTSUPP && fde_io_fault_hit() == FDE_IO_FALLOCATE);
+  if (err == FDE_FAULT_SHORT || refused)
     for (unsigned i = 0; ok && i < r->nr_done; i++)
       if (!r->done[i].ok) {
-        fail("step %u failed after a short transfer", i + 1);
+        fail("step %u failed after %s", i + 1,
+             refused ? "a refusal" : "a short transfer");
         ok = false;
       }
   if (r->disk != NULL && ok) {          /* what the open handle shows */
@@ -755,7 +764,8 @@ one_run(const struct workload *w, uint64_t nth, int err, uint64_t counts[2])
     free(got);
   }
   close_run(r);
-  ok &= check_image(r, nth == 0 || err == FDE_FAULT_SHORT, exp, known);
+  ok &= check_image(r, nth == 0 || err == FDE_FAULT_SHORT || refused, exp,
+                    known);
   if (nth == 0 && w->grows != GROWS_NOTHING
       && metric(run_image, w->grows) <= metric("base.qcow2", w->grows)) {
     fail("the workload did not grow what it is named after");
@@ -784,6 +794,7 @@ static const char *
 err_name(int err)
 {
   return err == ENOSPC ? "ENOSPC" : err == EXDEV ? "EXDEV"
+    : err == EOPNOTSUPP ? "EOPNOTSUPP"
     : err == FDE_FAULT_SHORT ? "a short transfer" : "EIO";
 }
 
@@ -896,8 +907,8 @@ static bool
 test_workload(const struct workload *w, uint64_t cap, unsigned jobs,
               uint64_t *total)
 {
-  static const int errs[] = { EIO, ENOSPC, FDE_FAULT_SHORT, EXDEV };
-  uint64_t n_errs = w->copies ? 4 : 3;
+  const int errs[] = { EIO, ENOSPC, FDE_FAULT_SHORT, w->refusal };
+  uint64_t n_errs = w->refusal ? 4 : 3;
   struct job job[8] = { { .w = w } };
   uint64_t counts[2], k, runs, faults[4] = { 0, 0, 0, 0 };
   unsigned failed = 0;
@@ -925,9 +936,9 @@ test_workload(const struct workload *w, uint64_t cap, unsigned jobs,
   }
   ok &= failed == 0;
   printf("%-22s %5" PRIu64 " calls, %3" PRIu64 " EIO, %3" PRIu64
-         " ENOSPC, %3" PRIu64 " short and %3" PRIu64 " EXDEV injected faults:"
+         " ENOSPC, %3" PRIu64 " short and %3" PRIu64 " %s injected faults:"
          " %s\n", w->name, k, faults[0], faults[1], faults[2], faults[3],
-         ok ? "ok" : "FAILED");
+         w->refusal ? err_name(w->refusal) : "refused", ok ? "ok" : "FAILED");
   fflush(stdout);
   *total += faults[0] + faults[1] + faults[2] + faults[3];
   return ok;
