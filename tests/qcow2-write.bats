@@ -306,13 +306,19 @@ start_export_logged() {
     start_export "$@"
 }
 
+# A tmpfs of size $1 at $WORK/tmpfs (teardown unmounts it): a file system
+# small enough to fill, or one the kernel will not copy across.
+small_tmpfs() {
+  mkdir "$WORK/tmpfs"
+  mount -t tmpfs -o "size=$1" fdetmpfs "$WORK/tmpfs" || skip "cannot mount a tmpfs"
+}
+
 @test "workload: copy-on-write copies from the backing file with copy_file_range on one file system, and reads and writes when the backing file is on another (EXDEV)" {
   requires_root
   local shim=${FDE_BUILDDIR:-$FDE_SRCDIR}/tests/fault-shim.so session
   [ -f "$shim" ] || skip "no $shim (built by make check)"
   make_case chain || fail "cannot build the chain image"
-  mkdir tmpfs
-  mount -t tmpfs -o size=64M fdetmpfs "$WORK/tmpfs" || skip "cannot mount a tmpfs"
+  small_tmpfs 64M
   record_state state.before
   qemu-img convert -O raw img.qcow2 model
   for session in 1 2; do
@@ -342,8 +348,7 @@ start_export_logged() {
 
 @test "ENOSPC from the host file system reaches the writer; the daemon lives on; fsync'd data survives; the image stays consistent" {
   requires_root
-  mkdir tmpfs
-  mount -t tmpfs -o size=24M fdetmpfs "$WORK/tmpfs" || skip "cannot mount a tmpfs"
+  small_tmpfs 24M
   cd tmpfs
   qemu-img create -q -f qcow2 img.qcow2 64M
   start_export img.qcow2
@@ -733,8 +738,7 @@ PY
 # QEMU's cannot (review finding).
 @test "a write inside a cluster written before succeeds on a full host file system: the zeros around the first write took their blocks" {
   requires_root
-  mkdir tmpfs
-  mount -t tmpfs -o size=16M fdetmpfs "$WORK/tmpfs" || skip "cannot mount a tmpfs"
+  small_tmpfs 16M
   cd tmpfs
   qemu-img create -q -f qcow2 img.qcow2 64M
   cp img.qcow2 q.qcow2
