@@ -547,6 +547,18 @@ int fde_pwritev_full(int fd, const struct iovec *iov, int iovcnt,
 #define FDE_FAULT_SHORT (-1)
 void fde_io_fault_arm(uint64_t nth, int err);
 
+/* The seam's calls, by kind (pwritev counts as FDE_IO_PWRITE). */
+enum fde_io_call {
+  FDE_IO_NONE, FDE_IO_PREAD, FDE_IO_PWRITE, FDE_IO_COPY_RANGE,
+  FDE_IO_FDATASYNC, FDE_IO_FALLOCATE, FDE_IO_FTRUNCATE,
+};
+#define FDE_IO_KINDS (FDE_IO_FTRUNCATE + 1)
+
+/* fde_io_fault_arm, with nth counted among the calls of kind only (every
+ * call when FDE_IO_NONE): a refusal (EXDEV, EOPNOTSUPP) aimed at the
+ * call it models. */
+void fde_io_fault_arm_kind(uint64_t nth, int err, enum fde_io_call kind);
+
 /* After fde_io_fault_arm(nth, ...) with nth > 0: fail call nth + 1 as
  * well, with -err (err <= 0: not).  For a fault that follows a short
  * transfer, which a whole-range helper meets in its next call. */
@@ -561,16 +573,12 @@ uint64_t fde_io_fault_calls(void);
 /* Faults injected (failed or shortened calls) since the last arm. */
 uint64_t fde_io_fault_injected(void);
 
-/* The seam's calls, by kind. */
-enum fde_io_call {
-  FDE_IO_NONE, FDE_IO_PREAD, FDE_IO_PWRITE, FDE_IO_COPY_RANGE,
-  FDE_IO_FDATASYNC, FDE_IO_FALLOCATE, FDE_IO_FTRUNCATE,
-};
-
 /* The kind of call the armed failure (call nth) hit since the last arm:
- * FDE_IO_NONE until it has.  A test asks whether a refusal (EXDEV,
- * EOPNOTSUPP) met the call it models, which must then fail nothing. */
+ * FDE_IO_NONE until it has. */
 enum fde_io_call fde_io_fault_hit(void);
+
+/* Seam calls of one kind counted since the last arm. */
+uint64_t fde_io_fault_calls_of(enum fde_io_call kind);
 
 /* formats/lock.c: take QEMU's image locks (shared OFD locks on bytes
  * 100-103 and 200-203) for a reader or a writer; with a message naming

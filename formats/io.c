@@ -25,6 +25,8 @@
  * only thing a call reads when no test uses the seam. */
 static atomic_bool armed;
 static atomic_uint_fast64_t calls;      /* calls counted since arming */
+static atomic_uint_fast64_t calls_of[FDE_IO_KINDS];     /* by kind */
+static atomic_int fail_kind;            /* count only these, or FDE_IO_NONE */
 static atomic_uint_fast64_t fail_at;    /* 1-based call to fail, 0: none */
 static atomic_int fail_errno;
 static atomic_int next_errno;           /* call fail_at + 1's, 0: none */
@@ -33,15 +35,24 @@ static atomic_int hit;                  /* enum fde_io_call call nth was */
 
 /* The test control: see format.h, "testing only". */
 void
-fde_io_fault_arm(uint64_t nth, int err)
+fde_io_fault_arm_kind(uint64_t nth, int err, enum fde_io_call kind)
 {
   atomic_store(&calls, 0);
+  for (int k = 0; k < FDE_IO_KINDS; k++)
+    atomic_store(&calls_of[k], 0);
+  atomic_store(&fail_kind, kind);
   atomic_store(&injected, 0);
   atomic_store(&hit, FDE_IO_NONE);
   atomic_store(&fail_errno, err > 0 || err == FDE_FAULT_SHORT ? err : EIO);
   atomic_store(&next_errno, 0);
   atomic_store(&fail_at, nth);
   atomic_store(&armed, true);
+}
+
+void
+fde_io_fault_arm(uint64_t nth, int err)
+{
+  fde_io_fault_arm_kind(nth, err, FDE_IO_NONE);
 }
 
 void
@@ -64,6 +75,12 @@ fde_io_fault_calls(void)
 }
 
 uint64_t
+fde_io_fault_calls_of(enum fde_io_call kind)
+{
+  return atomic_load(&calls_of[kind]);
+}
+
+uint64_t
 fde_io_fault_injected(void)
 {
   return atomic_load(&injected);
@@ -81,13 +98,19 @@ fde_io_fault_hit(void)
 static int
 fault(enum fde_io_call what)
 {
-  uint64_t n;
+  uint64_t n, kn;
   int err;
 
   if (__builtin_expect(!atomic_load_explicit(&armed, memory_order_relaxed),
                        1))
     return 0;
   n = atomic_fetch_add(&calls, 1) + 1;
+  kn = atomic_fetch_add(&calls_of[what], 1) + 1;
+  if (atomic_load(&fail_kind) != FDE_IO_NONE) {   /* count these only */
+    if ((int) what != atomic_load(&fail_kind))
+      return 0;
+    n = kn;
+  }
   if (n == atomic_load(&fail_at) + 1 && atomic_load(&fail_at) > 0
       && (err = atomic_load(&next_errno)) > 0) {
     atomic_fetch_add(&injected, 1);

@@ -743,11 +743,15 @@ PY
   qemu-img create -q -f qcow2 img.qcow2 64M
   cp img.qcow2 q.qcow2
   start_export img.qcow2
+  # zeros after the write in its cluster; and (from cluster 100) zeros
+  # before it, in the first of the two clusters it reaches
   "$PYTHON" - img.qcow2 <<'PY' || fail "the first writes failed"
 import os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
 for c in range(60):
     os.pwrite(fd, b"\x41" * 4096, c * 65536)
+for c in range(100, 140, 2):
+    os.pwrite(fd, b"\x43" * 98304, c * 65536 + 32768)
 os.fsync(fd)
 PY
   dd if=/dev/zero of=filler bs=64k status=none 2>/dev/null || true
@@ -756,6 +760,8 @@ import os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
 for c in range(60):
     os.pwrite(fd, b"\x42" * 4096, c * 65536 + 32768)
+for c in range(100, 140, 2):
+    os.pwrite(fd, b"\x44" * 4096, c * 65536)
 os.fsync(fd)
 PY
   rm -f filler
@@ -766,6 +772,9 @@ PY
   local cmds=() c
   for c in $(seq 0 59); do
     cmds+=(-c "write -P 0x41 $((c * 65536)) 4k" -c "write -P 0x42 $((c * 65536 + 32768)) 4k")
+  done
+  for c in $(seq 100 2 138); do
+    cmds+=(-c "write -P 0x43 $((c * 65536 + 32768)) 96k" -c "write -P 0x44 $((c * 65536)) 4k")
   done
   qemu-io -f qcow2 "${cmds[@]}" q.qcow2 >/dev/null
   run qemu-img compare img.qcow2 q.qcow2

@@ -756,7 +756,7 @@ reserve_run(struct qcow2_disk *q, uint64_t off, uint64_t len,
  * later write into these clusters cannot fail for lack of space.  The
  * clusters between are written whole by the request: allocating them
  * first would only make the file system convert unwritten extents (a
- * sequential 1 MiB write into a new image ran at half the speed).
+ * sequential 1 MiB write into a new image ran a tenth slower).
  * 0, -EOPNOTSUPP (write the zeros instead; remembered, as the file
  * system will not change its mind) or -errno. */
 static int

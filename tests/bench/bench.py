@@ -50,11 +50,12 @@
 #     noisy; a ratio moving by 10-20% between runs means nothing.  Absolute
 #     numbers depend on the CPU, the kernel's FUSE and the page cache: the
 #     read jobs read images in the page cache, so they measure the FUSE and
-#     format overhead, not the disk.  Every write-job run starts with the
-#     files it writes to or copies from (the image, its backing files)
-#     written back and evicted from the page cache, for every peer alike
-#     (see evict_fds): what is cached, and in what folio sizes, would
-#     otherwise decide the result more than the view does.
+#     format overhead, not the disk.  Every write-job run of the image
+#     groups and the fresh overlays starts with the files it writes to or
+#     copies from (the image, its backing files) written back and evicted
+#     from the page cache, for every peer alike (see image_chain): what is
+#     cached, and in what folio sizes, would otherwise decide the result
+#     more than the view does.
 #   * Each peer gets a fresh copy of each image, and all of them serve their
 #     copies at once: the peers take turns run by run (ours, qsd, qcowmount,
 #     ours, ...), each run after a sync, so a slow moment of the machine or
@@ -275,15 +276,18 @@ def stop_pid(pid, sig, timeout=30):
 # the path fio should use; stop() stops it and returns its VmHWM in KiB.
 # cleanup() is stop() that never raises, for the exit path.
 
-# The write jobs start from images that are not in the host page cache.
-# What is cached decides what a write costs: a 4 KiB write into a file
-# cached in large folios (a sequential read or copy leaves those) makes
-# ext4's write_begin walk every block of the folio, a cost that has nothing
-# to do with the view (measured: qcow2-full at 0.23 of raw with the files
-# as earlier work left them, 0.91 with both evicted), and the kernel's DAMON reclaim evicts a backing file
-# on some runs and not others.  So before every write-job run the files a
-# view writes to or copies on write from are written back and evicted,
-# for every peer alike.  The read jobs run on cached images.
+# The write jobs of the image groups and of the fresh overlays start from
+# files that are not in the host page cache.  What is cached decides what a
+# write costs: a 4 KiB write into a file cached in large folios (a
+# sequential read or copy leaves those) makes ext4's write_begin walk every
+# block of the folio, a cost that has nothing to do with the view
+# (measured: qcow2-full at 0.23 of raw with the files as earlier work left
+# them, 0.91 with both evicted), and the kernel's DAMON reclaim evicts a
+# backing file on some runs and not others.  So before each such run the
+# files a view writes to or copies on write from are written back and
+# evicted, for every peer alike; before a fresh overlay's read run, its
+# base is read into the cache.  The NBD and tar groups are left as they
+# are.
 
 def image_chain(path):
     """The image and its backing files, top first."""
@@ -299,12 +303,20 @@ def evict_fds(fds):
 
 
 def evict_paths(paths):
-    fds = [os.open(p, os.O_RDONLY) for p in paths]
-    try:
-        evict_fds(fds)
-    finally:
-        for fd in fds:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            evict_fds([fd])
+        finally:
             os.close(fd)
+
+
+def warm_paths(paths):
+    """Read files whole into the page cache (a read job's base)."""
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(1 << 20):
+                pass
 
 
 class Peer:
@@ -333,7 +345,13 @@ class Peer:
     def hold_files(self, image):
         """Keep the image and its backing files open, to evict them from
         the page cache later: the view's mount covers the image's path."""
-        self.files += [os.open(f, os.O_RDONLY) for f in image_chain(image)]
+        for f in image_chain(image):
+            self.files.append(os.open(f, os.O_RDONLY))
+
+    def release_files(self):
+        for fd in self.files:
+            os.close(fd)
+        self.files = []
 
     def evict(self):
         """Write back and drop the page cache of the files it serves."""
@@ -347,9 +365,7 @@ class Peer:
         if self.mnt:
             unmount(self.mnt)
         stop_pid(self.pid, signal.SIGKILL, 5)
-        for fd in self.files:
-            os.close(fd)
-        self.files = []
+        self.release_files()
 
 
 class FuseDiskExport(Peer):
@@ -747,6 +763,8 @@ def bench_fresh(peers, cfg, base, work, res, notes):
                     os.sync()
                     if job[1]:
                         evict_paths([base])
+                    else:
+                        warm_paths([base])
                     view = peer.start(path, fmt, wdir)
                     runs[key].append(fresh_fio(job, view, cfg, wdir, rep))
                 except Exception as e:  # noqa: BLE001
@@ -1368,6 +1386,7 @@ def bench_group(peers, cfg, group, work, res, rss, notes):
     finally:
         for img, peer, _, _ in live:
             rss[(peer.name, img)] = peer.stop()
+            peer.release_files()
         for (name, img, reason), js in failed.items():
             notes.append(f"{name} on {img}, {', '.join(js)}: {reason}")
         for img, peer, _, _ in live:

@@ -9,13 +9,15 @@
  * counting (K calls; this run must leave `qemu-img check` fully clean, no
  * leaks), then for N in 1..K (at most FDE_FAULT_CAP values, spread evenly
  * over 1..K) rerun it on a fresh copy with call N failing with EIO, and
- * again with ENOSPC, and for workloads whose calls the kernel may refuse
- * (.refusal) with that errno: EXDEV for the copying workloads, at a
- * copy_file_range the kernel refusing to copy between the files, which
- * the backend must take by reading and writing instead; EOPNOTSUPP for
- * those that write into new clusters, at a fallocate a file system
- * without it, which the backend must take by writing zeros (at any other
- * call, one more I/O error).  And once more with call N a short
+ * again with ENOSPC.  Then the refusals, each aimed at the call it models
+ * (the Nth call of that kind, for every N up to the cap): EXDEV at a
+ * copy_file_range, the kernel refusing to copy between the files, which
+ * the backend must take by reading and writing instead; EOPNOTSUPP at a
+ * fallocate, a file system without it, which the backend must take by
+ * writing zeros (or, punching, by leaving the bytes).  A refusal is no
+ * failure: nothing may fail and `qemu-img check` must be clean.  A
+ * workload marked .copies must make copy_file_range calls, one marked
+ * .allocates_zeros fallocate calls (and, once one is refused, no more).  And once more with call N a short
  * transfer (half its bytes, as the kernel may return): no error at all,
  * so that run must end exactly as the run without faults, every step
  * succeeded and `qemu-img check` clean.  Each run carries on as a user
@@ -100,7 +102,8 @@ struct workload {
   uint64_t cache_bytes;         /* L2 cache budget (0: default) */
   uint64_t autoclear;           /* autoclear bits set in base.qcow2 */
   bool close_flushes_once;      /* end like export_close: one flush, close */
-  int refusal;                  /* runs with this errno too (0: not) */
+  bool copies;                  /* copies on write: copy_file_range */
+  bool allocates_zeros;         /* zeros in new clusters: fallocate */
   enum grows grows;
   uint64_t extra_off;           /* the "write more" phase writes here */
   struct op ops[MAX_OPS];
@@ -112,12 +115,12 @@ struct workload {
 #define LOWENT_SIZE (2 * MiB)
 
 static const struct workload workloads[] = {
-  { .name = "allocating-writes", .refusal = EOPNOTSUPP,
+  { .name = "allocating-writes", .allocates_zeros = true,
     .setup = "qemu-img create -q -f qcow2 base.qcow2 16M",
     .extra_off = 12 * MiB,
     .ops = { W(0, 4096), W(70000, 5000), W(1 * MiB, 200 * KiB), F,
              W(4 * MiB - 100, 300), W(8 * MiB, 64 * KiB), F } },
-  { .name = "cow-snapshot", .refusal = EXDEV,
+  { .name = "cow-snapshot", .copies = true,
     .setup = "qemu-img create -q -f qcow2 base.qcow2 8M"
     " && qemu-io -c 'write -P 0x11 0 4M' base.qcow2 >/dev/null"
     " && qemu-img snapshot -c s1 base.qcow2"
@@ -126,7 +129,7 @@ static const struct workload workloads[] = {
     .extra_off = 6 * MiB,
     .ops = { W(0, 4096), W(128 * KiB, 64 * KiB), W(1 * MiB + 512, 1000), F,
              D(2 * MiB, 128 * KiB), W(3 * MiB, 100), F } },
-  { .name = "cow-backing", .refusal = EXDEV,
+  { .name = "cow-backing", .copies = true,
     .setup = "qemu-img create -q -f raw backing.raw 8M"
     " && qemu-io -f raw -c 'write -P 0x33 0 8M' backing.raw >/dev/null"
     " && qemu-img create -q -f qcow2 -b backing.raw -F raw base.qcow2 8M",
@@ -137,7 +140,7 @@ static const struct workload workloads[] = {
     .ops = { W(100, 200), W(64 * KiB + 1000, 70000), F,
              W(100 * KiB, 200 * KiB), W(5 * MiB, 4096),
              Z(6 * MiB + 512, 1024), F } },
-  { .name = "cow-backing-extl2", .refusal = EXDEV,
+  { .name = "cow-backing-extl2", .copies = true,
     .setup = "qemu-img create -q -f qcow2 backing.qcow2 8M"
     " && qemu-io -c 'write -P 0x34 0 8M' backing.qcow2 >/dev/null"
     " && qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k"
@@ -192,7 +195,7 @@ static const struct workload workloads[] = {
     .ops = { W(2 * MiB, 8 * KiB), W(2 * MiB + 64 * KiB, 8 * KiB), F,
              W(2 * MiB + 128 * KiB, 8 * KiB), F } },
   { .name = "l2-allocation",   /* 512 B clusters: one table per 32 KiB */
-    .refusal = EOPNOTSUPP,
+    .allocates_zeros = true,
     .setup = "qemu-img create -q -f qcow2 -o cluster_size=512 base.qcow2 8M",
     /* 224 new tables through a cache of 64 in 8 shards, as the default
      * is at 64 KiB clusters: a flush every 32 dirty tables */
@@ -726,10 +729,24 @@ check_image(struct run *r, bool strict, uint8_t *exp, uint8_t *known)
   return ok;
 }
 
+#define COUNTS 4                /* one_run's counts */
+
+/* The call a refusal models: EXDEV copy_file_range's, EOPNOTSUPP
+ * fallocate's; FDE_IO_NONE for a failure of any call. */
+static enum fde_io_call
+refused_call(int err)
+{
+  return err == EXDEV ? FDE_IO_COPY_RANGE
+    : err == EOPNOTSUPP ? FDE_IO_FALLOCATE : FDE_IO_NONE;
+}
+
 /* One run from a fresh copy of base.qcow2, failing seam call nth (0:
- * none) with err; counts[0] gets the calls, counts[1] the faults. */
+ * none; for a refusal, the nth call it models) with err; counts[0] gets
+ * the calls, counts[1] the faults, counts[2] and [3] the copy_file_range
+ * and fallocate calls. */
 static bool
-one_run(const struct workload *w, uint64_t nth, int err, uint64_t counts[2])
+one_run(const struct workload *w, uint64_t nth, int err,
+        uint64_t counts[COUNTS])
 {
   struct run *r = calloc(1, sizeof *r);
   uint8_t *exp = malloc(disk_size), *known = malloc(disk_size), *got;
@@ -741,15 +758,24 @@ one_run(const struct workload *w, uint64_t nth, int err, uint64_t counts[2])
     exit(2);
   }
   r->w = w;
-  fde_io_fault_arm(nth, err);
+  fde_io_fault_arm_kind(nth, err, refused_call(err));
   ok = perform(r);
   fde_io_fault_disarm();
   counts[0] = fde_io_fault_calls();
   counts[1] = fde_io_fault_injected();
-  /* Not failures: a short transfer, a refusal of the call it models
-   * (taken another way).  Nothing may fail then. */
-  refused = (err == EXDEV && fde_io_fault_hit() == FDE_IO_COPY_RANGE)
-    || (err == EOPNOTSUPP && fde_io_fault_hit() == FDE_IO_FALLOCATE);
+  counts[2] = fde_io_fault_calls_of(FDE_IO_COPY_RANGE);
+  counts[3] = fde_io_fault_calls_of(FDE_IO_FALLOCATE);
+  /* Not failures: a short transfer, a refusal (taken another way).
+   * Nothing may fail then. */
+  refused = refused_call(err) != FDE_IO_NONE
+    && fde_io_fault_hit() == refused_call(err);
+  /* Refused once, never asked again (a workload marked .allocates_zeros
+   * makes no other fallocate call). */
+  if (refused && err == EOPNOTSUPP && w->allocates_zeros
+      && counts[3] != nth) {
+    fail("%" PRIu64 " fallocate calls after the refusal", counts[3] - nth);
+    ok = false;
+  }
   if (err == FDE_FAULT_SHORT || refused)
     for (unsigned i = 0; ok && i < r->nr_done; i++)
       if (!r->done[i].ok) {
@@ -787,7 +813,7 @@ struct job {
   int err;
   unsigned slot;
   pid_t pid;
-  int pipe;                     /* the child's counts[2] */
+  int pipe;                     /* the child's counts[COUNTS] */
 };
 
 static const char *
@@ -821,7 +847,7 @@ start_run(struct job *j)
     return false;
   }
   if (j->pid == 0) {
-    uint64_t counts[2] = { 0, 0 };
+    uint64_t counts[COUNTS] = { 0 };
     char log[512];
     int fd;
     snprintf(run_image, sizeof run_image, "run%u.qcow2", j->slot);
@@ -842,14 +868,15 @@ start_run(struct job *j)
   return true;
 }
 
-/* Wait for a run: its counts (calls, faults) and whether it passed. */
+/* Wait for a run: its counts (one_run's) and whether it passed. */
 static bool
-finish_run(struct job *j, uint64_t counts[2])
+finish_run(struct job *j, uint64_t counts[COUNTS])
 {
   int status;
 
-  if (read(j->pipe, counts, 2 * sizeof counts[0]) != 2 * sizeof counts[0])
-    counts[0] = counts[1] = 0;
+  if (read(j->pipe, counts, COUNTS * sizeof counts[0])
+      != COUNTS * sizeof counts[0])
+    memset(counts, 0, COUNTS * sizeof counts[0]);
   close(j->pipe);
   if (waitpid(j->pid, &status, 0) == -1
       || !WIFEXITED(status) || WEXITSTATUS(status) > 1) {
@@ -899,18 +926,31 @@ nth_call(uint64_t i, uint64_t runs, uint64_t k)
   return runs == k ? i + 1 : 1 + i * (k - 1) / (runs - 1);
 }
 
+/* Plan n runs failing calls spread over 1..k with err into plan[*np]. */
+static void
+plan_runs(struct job *plan, size_t *np, const struct workload *w, int err,
+          uint64_t k, uint64_t cap)
+{
+  uint64_t runs = k < cap ? k : cap;
+
+  for (uint64_t i = 0; i < runs; i++)
+    plan[(*np)++] = (struct job) { w, nth_call(i, runs, k), err, 0, 0, -1 };
+}
+
 /* Count the workload's calls, then fail each chosen one with each errno
- * (and make it a short transfer), jobs runs at a time.  Adds the faults injected to *total; false on any
- * failure (after MAX_FAILED failed runs, no more start). */
+ * (and make it a short transfer), and aim each refusal at the calls it
+ * models, jobs runs at a time.  Adds the faults injected to *total; false
+ * on any failure (after MAX_FAILED failed runs, no more start). */
 #define MAX_FAILED 10
 static bool
 test_workload(const struct workload *w, uint64_t cap, unsigned jobs,
               uint64_t *total)
 {
-  const int errs[] = { EIO, ENOSPC, FDE_FAULT_SHORT, w->refusal };
-  uint64_t n_errs = w->refusal ? 4 : 3;
-  struct job job[8] = { { .w = w } };
-  uint64_t counts[2], k, runs, faults[4] = { 0, 0, 0, 0 };
+  static const int errs[] = { EIO, ENOSPC, FDE_FAULT_SHORT, EXDEV,
+                              EOPNOTSUPP };
+  struct job job[8] = { { .w = w } }, *plan;
+  uint64_t counts[COUNTS], k, faults[5] = { 0 };
+  size_t n_plan = 0;
   unsigned failed = 0;
   bool ok = setup(w) && start_run(&job[0]) && finish_run(&job[0], counts);
 
@@ -919,28 +959,45 @@ test_workload(const struct workload *w, uint64_t cap, unsigned jobs,
     fail("the workload made no I/O calls");
     ok = false;
   }
-  runs = k < cap ? k : cap;
-  for (uint64_t n = 0; ok && n < n_errs * runs + jobs; n++) {
+  if (ok && ((w->copies && counts[2] == 0)
+             || (w->allocates_zeros && counts[3] == 0))) {
+    fail("the workload made no %s calls",
+         counts[2] == 0 ? "copy_file_range" : "fallocate");
+    ok = false;
+  }
+  if ((plan = calloc(5 * (cap + 1), sizeof *plan)) == NULL)
+    ok = false;
+  for (int e = 0; ok && e < 3; e++)
+    plan_runs(plan, &n_plan, w, errs[e], k, cap);
+  if (ok) {
+    plan_runs(plan, &n_plan, w, EXDEV, counts[2], cap);
+    plan_runs(plan, &n_plan, w, EOPNOTSUPP, counts[3], cap);
+  }
+  for (size_t n = 0; ok && n < n_plan + jobs; n++) {
     struct job *j = &job[n % jobs];
     if (n >= jobs && j->pid > 0) {      /* the run started jobs ago */
+      int e = 0;
       failed += !finish_run(j, counts);
-      faults[j->err == EIO ? 0 : j->err == ENOSPC ? 1
-             : j->err == FDE_FAULT_SHORT ? 2 : 3] += counts[1];
+      while (errs[e] != j->err)
+        e++;
+      faults[e] += counts[1];
       j->pid = 0;
     }
-    if (n < n_errs * runs && failed < MAX_FAILED) {
-      *j = (struct job) { w, nth_call(n % runs, runs, k), errs[n / runs],
-                          (unsigned) (n % jobs), 0, -1 };
+    if (n < n_plan && failed < MAX_FAILED) {
+      *j = plan[n];
+      j->slot = (unsigned) (n % jobs);
       failed += !start_run(j);
     }
   }
+  free(plan);
   ok &= failed == 0;
   printf("%-22s %5" PRIu64 " calls, %3" PRIu64 " EIO, %3" PRIu64
-         " ENOSPC, %3" PRIu64 " short and %3" PRIu64 " %s injected faults:"
-         " %s\n", w->name, k, faults[0], faults[1], faults[2], faults[3],
-         w->refusal ? err_name(w->refusal) : "refused", ok ? "ok" : "FAILED");
+         " ENOSPC, %3" PRIu64 " short, %3" PRIu64 " EXDEV and %3" PRIu64
+         " EOPNOTSUPP injected faults: %s\n", w->name, k, faults[0],
+         faults[1], faults[2], faults[3], faults[4], ok ? "ok" : "FAILED");
   fflush(stdout);
-  *total += faults[0] + faults[1] + faults[2] + faults[3];
+  for (int e = 0; e < 5; e++)
+    *total += faults[e];
   return ok;
 }
 
