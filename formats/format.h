@@ -573,10 +573,6 @@ uint64_t fde_io_fault_calls(void);
 /* Faults injected (failed or shortened calls) since the last arm. */
 uint64_t fde_io_fault_injected(void);
 
-/* The kind of call the armed failure (call nth) hit since the last arm:
- * FDE_IO_NONE until it has. */
-enum fde_io_call fde_io_fault_hit(void);
-
 /* Seam calls of one kind counted since the last arm. */
 uint64_t fde_io_fault_calls_of(enum fde_io_call kind);
 

@@ -31,7 +31,6 @@ static atomic_uint_fast64_t fail_at;    /* 1-based call to fail, 0: none */
 static atomic_int fail_errno;
 static atomic_int next_errno;           /* call fail_at + 1's, 0: none */
 static atomic_uint_fast64_t injected;   /* faults injected since arming */
-static atomic_int hit;                  /* enum fde_io_call call nth was */
 
 /* The test control: see format.h, "testing only". */
 void
@@ -42,7 +41,6 @@ fde_io_fault_arm_kind(uint64_t nth, int err, enum fde_io_call kind)
     atomic_store(&calls_of[k], 0);
   atomic_store(&fail_kind, kind);
   atomic_store(&injected, 0);
-  atomic_store(&hit, FDE_IO_NONE);
   atomic_store(&fail_errno, err > 0 || err == FDE_FAULT_SHORT ? err : EIO);
   atomic_store(&next_errno, 0);
   atomic_store(&fail_at, nth);
@@ -86,12 +84,6 @@ fde_io_fault_injected(void)
   return atomic_load(&injected);
 }
 
-enum fde_io_call
-fde_io_fault_hit(void)
-{
-  return (enum fde_io_call) atomic_load(&hit);
-}
-
 /* Count one call of kind what: 0 to let it through, the errno to fail it
  * with, or FDE_FAULT_SHORT for a transfer to move only part of its bytes
  * (calls that transfer nothing let it through). */
@@ -118,7 +110,6 @@ fault(enum fde_io_call what)
   }
   if (n != atomic_load(&fail_at))
     return 0;
-  atomic_store(&hit, what);
   err = atomic_load(&fail_errno);
   if (err != FDE_FAULT_SHORT)
     atomic_fetch_add(&injected, 1);
